@@ -1,0 +1,104 @@
+// The functional attention API: forward and backward on tensor views.
+// Semantics (one meaning on every path) are spelled out in docs/CONTRACT.md.
+//
+//   q (B, Lq, H, D)   k (B, Lk, Hkv, D)   v (B, Lk, Hkv, Dv)      H % Hkv == 0
+//   out (B, Lq, H, Dv)   lse (B, H, Lq) f32   probs (B, H, Lq, Lk) f32
+//
+// Packed variable-length batches (cu_seqlens_q/k given): the batch dim of q, k,
+// v and out is 1 and sequences are packed along L: q (1, total_q, H, D),
+// k (1, total_k, Hkv, D), lse (1, H, total_q).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "multihead/tensor.hpp"
+
+namespace multihead {
+
+// Which diagonal a causal mask (and a window) is aligned to.
+//   kTopLeft:     query i sees keys j <= i.
+//   kBottomRight: query i sees keys j <= i + (Lk - Lq)  (the last query sees every key;
+//                 what incremental decoding needs).
+enum class CausalAlign { kNone, kTopLeft, kBottomRight };
+
+// Sliding window around the aligned diagonal j0 = i + kv_offset: query i sees keys
+// j in [j0 - left, j0 + right]; -1 means unbounded on that side.
+struct Window {
+  int64_t left = -1;
+  int64_t right = -1;
+};
+
+struct AttentionOptions {
+  // Multiplies q·k. Default 1/sqrt(D). Must be finite and non-zero.
+  std::optional<float> scale;
+  CausalAlign causal = CausalAlign::kNone;
+  // Windows use the causal alignment when causal is set, else bottom-right.
+  Window window;
+  // Boolean keep-mask, true = may attend; rank <= 4, broadcasts to (B, H, Lq, Lk).
+  std::optional<TensorView> mask;
+  // Additive float bias (f32/bf16/f16), broadcasts to (B, H, Lq, Lk); a value <= the
+  // dtype's lowest finite value (or -inf) counts as masked.
+  std::optional<TensorView> bias;
+  // Key padding: i32 (B); batch b attends to keys [0, seqlens_k[b]) only.
+  std::optional<TensorView> seqlens_k;
+  // Packed variable-length batches: i32 (nseq + 1), starting at 0, non-decreasing,
+  // ending at total_q / total_k. Both or neither.
+  std::optional<TensorView> cu_seqlens_q;
+  std::optional<TensorView> cu_seqlens_k;
+  // ALiBi: f32 (H); adds -slope_h * |j - (i + kv_offset)| to each score.
+  std::optional<TensorView> alibi_slopes;
+  // > 0: scores become softcap * tanh(scores / softcap) (before bias and ALiBi). 0 = off.
+  float softcap = 0.0f;
+  // Learnable sinks: f32 (H), one extra logit per head in the softmax denominator.
+  std::optional<TensorView> sinks;
+};
+
+struct ForwardOutputs {
+  TensorView out;                   // (B, Lq, H, Dv), any float dtype
+  std::optional<TensorView> lse;    // (B, H, Lq) f32; -inf for fully masked rows
+  std::optional<TensorView> probs;  // (B, H, Lq, Lk) f32, exact probabilities
+};
+
+// Writes out (and lse/probs when given). Throws multihead::Error before writing
+// anything when an input breaks the contract.
+void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const ForwardOutputs& outputs, const AttentionOptions& options = {});
+
+struct BackwardOutputs {
+  TensorView dq;                    // shape of q, any float dtype
+  TensorView dk;                    // shape of k
+  TensorView dv;                    // shape of v
+  std::optional<TensorView> dbias;  // f32, shape of options.bias (reduced over its broadcast dims)
+  std::optional<TensorView> dsinks; // f32 (H)
+};
+
+// dout (B, Lq, H, Dv); out and lse as written by attention_forward with the same options.
+void attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& out, const TensorView& lse,
+                        const BackwardOutputs& grads, const AttentionOptions& options = {});
+
+// Convenience forms that allocate their results (out has q's dtype).
+struct AttentionResult {
+  Tensor out;
+  Tensor lse;
+  Tensor probs;  // empty unless requested
+};
+AttentionResult attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                                  const AttentionOptions& options = {}, bool return_probs = false);
+
+struct AttentionGrads {
+  Tensor dq, dk, dv;  // f32
+  Tensor dbias;       // f32, empty unless options.bias
+  Tensor dsinks;      // f32, empty unless options.sinks
+};
+AttentionGrads attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                                  const TensorView& v, const TensorView& out, const TensorView& lse,
+                                  const AttentionOptions& options = {});
+
+// Threads used by the attention kernels (OpenMP). Results are bitwise identical
+// for any thread count. n <= 0 restores the default (all cores).
+void set_num_threads(int n);
+int get_num_threads();
+
+}  // namespace multihead

@@ -1,0 +1,74 @@
+// Entry points: validate, plan, allocate scratch, dispatch. Nothing here computes.
+#include <vector>
+
+#include "attention/plan.hpp"
+#include "attention/validate.hpp"
+#include "kernels/kernels.hpp"
+#include "multihead/attention.hpp"
+
+namespace multihead {
+
+using detail::AttentionParams;
+
+void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const ForwardOutputs& outputs, const AttentionOptions& options) {
+  const detail::ProblemSizes sizes = detail::validate_forward(q, k, v, outputs, options);
+  const AttentionParams p = detail::plan_forward(sizes, q, k, v, outputs, options);
+  if (p.q_items.empty()) return;  // B = 0, Lq = 0 or H = 0: nothing to write
+  const int64_t per_thread = detail::forward_scratch_floats(p);
+  std::vector<float> scratch(size_t(per_thread * p.num_threads));
+  detail::flash_forward(p, scratch.data(), per_thread);
+}
+
+void attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& out, const TensorView& lse,
+                        const BackwardOutputs& grads, const AttentionOptions& options) {
+  const detail::ProblemSizes sizes = detail::validate_backward(dout, q, k, v, out, lse, grads, options);
+  // The forward's params read out and lse (never written in the backward).
+  const AttentionParams p = detail::plan_forward(sizes, q, k, v, ForwardOutputs{out, lse, std::nullopt}, options);
+  const detail::BackwardParams g = detail::plan_backward(p, dout, grads, options);
+  const int64_t per_thread = detail::backward_scratch_floats(p);
+  // Per-thread tiles, then D = rowsum(dO ∘ O) as a (B, H, Lq) block.
+  std::vector<float> scratch(size_t(per_thread * p.num_threads + p.B * p.H * p.Lq));
+  detail::flash_backward(p, g, scratch.data(), per_thread);
+}
+
+AttentionResult attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                                  const AttentionOptions& options, bool return_probs) {
+  // Shapes come from validated inputs: validate before allocating.
+  detail::validate_inputs(q, k, v, options, return_probs);
+  AttentionResult r;
+  const int64_t B = q.shape[0], Lq = q.shape[1], H = q.shape[2], Lk = k.shape[1], Dv = v.shape[3];
+  r.out = Tensor::empty(q.dtype, {B, Lq, H, Dv});
+  r.lse = Tensor::empty(DType::kF32, {B, H, Lq});
+  ForwardOutputs outputs{r.out.view(), r.lse.view(), std::nullopt};
+  if (return_probs) {
+    r.probs = Tensor::empty(DType::kF32, {B, H, Lq, Lk});
+    outputs.probs = r.probs.view();
+  }
+  attention_forward(q, k, v, outputs, options);
+  return r;
+}
+
+AttentionGrads attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                                  const TensorView& v, const TensorView& out, const TensorView& lse,
+                                  const AttentionOptions& options) {
+  detail::validate_inputs(q, k, v, options, false);  // before shapes are read
+  AttentionGrads g;
+  g.dq = Tensor::empty(DType::kF32, 4, q.shape);
+  g.dk = Tensor::empty(DType::kF32, 4, k.shape);
+  g.dv = Tensor::empty(DType::kF32, 4, v.shape);
+  BackwardOutputs grads{g.dq.view(), g.dk.view(), g.dv.view(), std::nullopt, std::nullopt};
+  if (options.bias) {
+    g.dbias = Tensor::empty(DType::kF32, options.bias->rank, options.bias->shape);
+    grads.dbias = g.dbias.view();
+  }
+  if (options.sinks) {
+    g.dsinks = Tensor::empty(DType::kF32, options.sinks->rank, options.sinks->shape);
+    grads.dsinks = g.dsinks.view();
+  }
+  attention_backward(dout, q, k, v, out, lse, grads, options);
+  return g;
+}
+
+}  // namespace multihead

@@ -1,0 +1,99 @@
+// The plan-to-kernel ABI: one plain struct, filled by plan.cpp after validation.
+// Kernels trust every field; they never validate and never allocate.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "multihead/tensor.hpp"
+
+namespace multihead::detail {
+
+// A read-only strided 4-D operand broadcast to (B, H, Lq, Lk): stride 0 on broadcast dims.
+struct Broadcast4 {
+  const void* data = nullptr;  // null: operand absent
+  DType dtype = DType::kF32;
+  int64_t stride_b = 0, stride_h = 0, stride_i = 0, stride_j = 0;
+};
+
+// A rank-4 activation tensor (B, L, heads, dim) with element strides; dim is contiguous.
+struct Activation {
+  void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t stride_b = 0, stride_l = 0, stride_h = 0;
+};
+
+// One sequence of the batch: a batch entry, or one packed sequence of a varlen batch.
+struct SequenceSpan {
+  int64_t batch = 0;      // index into the B dim of q, k, v, out, lse, masks
+  int64_t q_begin = 0;    // first row of this sequence along Lq (0 unless varlen)
+  int64_t q_len = 0;      // Lq_b
+  int64_t k_begin = 0;    // first row along Lk (0 unless varlen)
+  int64_t k_len = 0;      // Lk_b after key padding
+  int64_t kv_offset = 0;  // diagonal: query i is aligned with key i + kv_offset
+};
+
+// A block of rows of one sequence and one head: the unit of parallel work. For the
+// forward and dq passes `head` is a query head and [begin, end) query rows; for the
+// dk/dv pass `head` is a key/value head and [begin, end) key rows.
+struct WorkItem {
+  int32_t seq = 0;
+  int32_t head = 0;
+  int64_t begin = 0, end = 0;
+};
+
+struct AttentionParams {
+  // Sizes in DESIGN.md letters. Lq/Lk are the tensors' dims (total rows when varlen).
+  int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
+  int64_t group = 1;  // H / Hkv: query heads per key/value head
+
+  Activation q, k, v;  // inputs, one float dtype
+  float scale = 1.0f;
+  float softcap = 0.0f;  // 0 = off
+
+  // Structural masking: causal folds into window_right (<= 0); -1 = unbounded.
+  int64_t window_left = -1, window_right = -1;
+  Broadcast4 mask;                 // bool keep-mask
+  Broadcast4 bias;                 // additive float bias
+  float bias_masked_at = 0.0f;     // bias <= this (the dtype's lowest) is masked
+  const float* alibi_slopes = nullptr;  // (H), element stride alibi_stride
+  int64_t alibi_stride = 0;
+  const float* sinks = nullptr;         // (H), element stride sinks_stride
+  int64_t sinks_stride = 0;
+
+  std::vector<SequenceSpan> seqs;
+
+  // Forward outputs.
+  Activation out;                      // (B, Lq, H, Dv)
+  float* lse = nullptr;                // (B, H, Lq)
+  int64_t lse_stride_b = 0, lse_stride_h = 0, lse_stride_i = 0;
+  float* probs = nullptr;              // (B, H, Lq, Lk), optional
+  int64_t probs_stride_b = 0, probs_stride_h = 0, probs_stride_i = 0, probs_stride_j = 0;
+
+  // Tiling.
+  int64_t tile_q = 64, tile_k = 64;
+  std::vector<WorkItem> q_items;  // (seq, query head, query rows)
+  int num_threads = 1;
+};
+
+// Extra fields of the backward.
+struct BackwardParams {
+  Activation dout;                  // (B, Lq, H, Dv)
+  Activation dq, dk, dv;            // shapes of q, k, v
+  // dbias: the bias's own shape, right-aligned to (B, H, Lq, Lk); reduced over broadcast dims.
+  float* dbias = nullptr;
+  int64_t dbias_stride_b = 0, dbias_stride_h = 0, dbias_stride_i = 0, dbias_stride_j = 0;
+  bool dbias_reduce_b = false, dbias_reduce_h = false, dbias_reduce_i = false, dbias_reduce_j = false;
+  float* dsinks = nullptr;          // (H)
+  int64_t dsinks_stride = 0;
+  std::vector<WorkItem> kv_items;   // (seq, kv head, key rows)
+  // dbias pass: (target batch, target head, query rows) of the dbias tensor; a reduced
+  // dim has a single target index 0 and the item loops over it in a fixed order.
+  std::vector<WorkItem> bias_items;
+};
+
+// Per-thread scratch sizes in floats (the caller allocates, the kernel carves).
+int64_t forward_scratch_floats(const AttentionParams& p);
+int64_t backward_scratch_floats(const AttentionParams& p);
+
+}  // namespace multihead::detail

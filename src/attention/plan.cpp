@@ -1,0 +1,139 @@
+#include "attention/plan.hpp"
+
+#include <cmath>
+#include <limits>
+
+#include "core/threads.hpp"
+
+namespace multihead::detail {
+
+namespace {
+
+// Tile sizes: a 64 x 64 score tile with its Q/K/V rows stays in L2 for D <= 256.
+constexpr int64_t kTileQ = 64;
+constexpr int64_t kTileK = 64;
+
+Activation activation(const TensorView& t) {
+  return {t.data, t.dtype, t.strides[0], t.strides[1], t.strides[2]};
+}
+
+// Right-aligns a rank <= 4 view to (B, H, Lq, Lk); size-1 dims get stride 0.
+Broadcast4 broadcast4(const TensorView& t) {
+  int64_t strides[4] = {0, 0, 0, 0};
+  for (int d = 0; d < t.rank; ++d) strides[4 - t.rank + d] = t.shape[d] == 1 ? 0 : t.strides[d];
+  return {t.data, t.dtype, strides[0], strides[1], strides[2], strides[3]};
+}
+
+float lowest_of(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return bf16_to_float(bf16{0xff7f});
+    case DType::kF16: return -65504.0f;
+    default: return std::numeric_limits<float>::lowest();
+  }
+}
+
+int32_t i32_at(const TensorView& v, int64_t i) { return static_cast<const int32_t*>(v.data)[i * v.strides[0]]; }
+
+}  // namespace
+
+AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const TensorView& k,
+                             const TensorView& v, const ForwardOutputs& outputs, const AttentionOptions& o) {
+  AttentionParams p;
+  p.B = s.B, p.Lq = s.Lq, p.Lk = s.Lk, p.H = s.H, p.Hkv = s.Hkv, p.D = s.D, p.Dv = s.Dv;
+  p.group = s.Hkv > 0 ? s.H / s.Hkv : 1;
+  p.q = activation(q), p.k = activation(k), p.v = activation(v);
+  p.scale = o.scale ? *o.scale : 1.0f / std::sqrt(float(s.D));
+  p.softcap = o.softcap;
+
+  p.window_left = o.window.left;
+  p.window_right = o.window.right;
+  if (o.causal != CausalAlign::kNone) p.window_right = 0;  // j <= i + kv_offset, and the window's own bound is >= 0
+  if (o.mask) p.mask = broadcast4(*o.mask);
+  if (o.bias) {
+    p.bias = broadcast4(*o.bias);
+    p.bias_masked_at = lowest_of(o.bias->dtype);
+  }
+  if (o.alibi_slopes) p.alibi_slopes = static_cast<const float*>(o.alibi_slopes->data), p.alibi_stride = o.alibi_slopes->strides[0];
+  if (o.sinks) p.sinks = static_cast<const float*>(o.sinks->data), p.sinks_stride = o.sinks->strides[0];
+
+  // Sequences: the diagonal is top-left only for causal top-left; bottom-right otherwise
+  // (explicit bottom-right, a window without causal, and ALiBi's distances).
+  const bool top_left = o.causal == CausalAlign::kTopLeft;
+  p.seqs.resize(size_t(s.num_seqs));
+  for (int64_t b = 0; b < s.num_seqs; ++b) {
+    SequenceSpan& span = p.seqs[size_t(b)];
+    if (s.varlen) {
+      span.batch = 0;
+      span.q_begin = i32_at(*o.cu_seqlens_q, b);
+      span.q_len = i32_at(*o.cu_seqlens_q, b + 1) - span.q_begin;
+      span.k_begin = i32_at(*o.cu_seqlens_k, b);
+      span.k_len = i32_at(*o.cu_seqlens_k, b + 1) - span.k_begin;
+    } else {
+      span.batch = b;
+      span.q_len = s.Lq;
+      span.k_len = o.seqlens_k ? i32_at(*o.seqlens_k, b) : s.Lk;
+    }
+    span.kv_offset = top_left ? 0 : span.k_len - span.q_len;
+  }
+
+  p.out = activation(outputs.out);
+  if (outputs.lse) {
+    p.lse = static_cast<float*>(outputs.lse->data);
+    p.lse_stride_b = outputs.lse->strides[0], p.lse_stride_h = outputs.lse->strides[1], p.lse_stride_i = outputs.lse->strides[2];
+  }
+  if (outputs.probs) {
+    const TensorView& t = *outputs.probs;
+    p.probs = static_cast<float*>(t.data);
+    p.probs_stride_b = t.strides[0], p.probs_stride_h = t.strides[1], p.probs_stride_i = t.strides[2], p.probs_stride_j = t.strides[3];
+  }
+
+  p.tile_q = kTileQ;
+  p.tile_k = kTileK;
+  for (int64_t b = 0; b < s.num_seqs; ++b)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t i0 = 0; i0 < p.seqs[size_t(b)].q_len; i0 += p.tile_q)
+        p.q_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + p.tile_q, p.seqs[size_t(b)].q_len)});
+  p.num_threads = get_num_threads();
+  return p;
+}
+
+BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, const BackwardOutputs& grads,
+                             const AttentionOptions& o) {
+  BackwardParams g;
+  g.dout = activation(dout);
+  g.dq = activation(grads.dq), g.dk = activation(grads.dk), g.dv = activation(grads.dv);
+  // dk/dv items cover every key row of each sequence's k tensor range (padding included:
+  // padded keys get zero gradients).
+  for (size_t b = 0; b < p.seqs.size(); ++b) {
+    const int64_t rows = o.cu_seqlens_k ? p.seqs[b].k_len : p.Lk;
+    for (int64_t h = 0; h < p.Hkv; ++h)
+      for (int64_t j0 = 0; j0 < rows; j0 += p.tile_k)
+        g.kv_items.push_back({int32_t(b), int32_t(h), j0, std::min(j0 + p.tile_k, rows)});
+  }
+  if (grads.dbias) {
+    const TensorView& t = *grads.dbias;
+    const TensorView& bias = *o.bias;
+    int64_t strides[4] = {0, 0, 0, 0};
+    bool reduce[4] = {true, true, true, true};
+    for (int d = 0; d < t.rank; ++d) {
+      strides[4 - t.rank + d] = t.strides[d];
+      reduce[4 - t.rank + d] = bias.shape[d] == 1;  // dims the bias lacks are reduced too
+    }
+    g.dbias = static_cast<float*>(t.data);
+    g.dbias_stride_b = strides[0], g.dbias_stride_h = strides[1], g.dbias_stride_i = strides[2], g.dbias_stride_j = strides[3];
+    g.dbias_reduce_b = reduce[0], g.dbias_reduce_h = reduce[1], g.dbias_reduce_i = reduce[2], g.dbias_reduce_j = reduce[3];
+    for (int64_t b = 0; b < (g.dbias_reduce_b ? 1 : p.B); ++b)
+      for (int64_t h = 0; h < (g.dbias_reduce_h ? 1 : p.H); ++h) {
+        if (g.dbias_reduce_i) {
+          g.bias_items.push_back({int32_t(b), int32_t(h), 0, p.Lq});
+          continue;
+        }
+        for (int64_t i0 = 0; i0 < p.Lq; i0 += p.tile_q)
+          g.bias_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + p.tile_q, p.Lq)});
+      }
+  }
+  if (grads.dsinks) g.dsinks = static_cast<float*>(grads.dsinks->data), g.dsinks_stride = grads.dsinks->strides[0];
+  return g;
+}
+
+}  // namespace multihead::detail

@@ -1,0 +1,28 @@
+// Every rule of the contract, checked before any output byte is written. A
+// failure throws multihead::Error naming the tensor, the dimension, what was
+// expected and what was found.
+#pragma once
+
+#include "multihead/attention.hpp"
+
+namespace multihead::detail {
+
+// Sizes established by validation, in DESIGN.md letters.
+struct ProblemSizes {
+  int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
+  bool varlen = false;
+  int64_t num_seqs = 0;  // B, or the number of packed sequences
+};
+
+// q, k, v and every option (wants_probs: probs will be written).
+ProblemSizes validate_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
+                             const AttentionOptions& options, bool wants_probs);
+
+ProblemSizes validate_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                              const ForwardOutputs& outputs, const AttentionOptions& options);
+
+ProblemSizes validate_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                               const TensorView& v, const TensorView& out, const TensorView& lse,
+                               const BackwardOutputs& grads, const AttentionOptions& options);
+
+}  // namespace multihead::detail

@@ -1,0 +1,154 @@
+// Tiled forward with an online softmax (FlashAttention-2 order): for each
+// (sequence, query head, block of query rows) and each key tile of its range,
+// S = scores, m/l running max and sum, acc += P·V; no Lq x Lk buffer.
+#include <omp.h>
+
+#include "kernels/cpu/tile_ops.hpp"
+#include "kernels/kernels.hpp"
+
+namespace multihead::detail {
+
+namespace {
+
+struct ForwardScratch {
+  float* q_tile;  // tile_q x D
+  float* k_t;     // D x tile_k   (Kᵀ)
+  float* v_tile;  // tile_k x Dv
+  float* S;       // tile_q x tile_k
+  float* acc;     // tile_q x Dv
+  float* m;       // tile_q   running max
+  float* l;       // tile_q   running sum of exp(s - m)
+  float* row;     // max(D, Dv)  conversion buffer
+};
+
+ForwardScratch carve(const AttentionParams& p, float* base) {
+  ForwardScratch s;
+  s.q_tile = base;
+  s.k_t = s.q_tile + p.tile_q * p.D;
+  s.v_tile = s.k_t + p.D * p.tile_k;
+  s.S = s.v_tile + p.tile_k * p.Dv;
+  s.acc = s.S + p.tile_q * p.tile_k;
+  s.m = s.acc + p.tile_q * p.Dv;
+  s.l = s.m + p.tile_q;
+  s.row = s.l + p.tile_q;
+  return s;
+}
+
+void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardScratch& w) {
+  const SequenceSpan& s = p.seqs[item.seq];
+  const int64_t h = item.head, hkv = h / p.group;
+  const int64_t i0 = item.begin, n = item.end - item.begin;
+  load_q_tile(p, s, h, i0, n, w.q_tile);
+  std::fill_n(w.m, n, kNegInf);
+  std::fill_n(w.l, n, 0.0f);
+  std::fill_n(w.acc, n * p.Dv, 0.0f);
+
+  const int64_t j_begin = key_range(p, s, i0).lo;
+  const int64_t j_end = key_range(p, s, i0 + n - 1).hi;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += p.tile_k) {
+    const int64_t nk = std::min(p.tile_k, j_end - j0);
+    load_transposed(p.k, s, hkv, j0, nk, p.D, w.row, w.k_t);
+    load_rows(p.v, s, hkv, j0, nk, p.Dv, w.v_tile);
+    score_tile(p, s, h, i0, n, j0, nk, w.q_tile, w.k_t, w.S, nullptr);
+    for (int64_t r = 0; r < n; ++r) {
+      float* srow = w.S + r * nk;
+      float tile_max = kNegInf;
+      for (int64_t c = 0; c < nk; ++c) tile_max = std::max(tile_max, srow[c]);
+      if (tile_max == kNegInf) continue;  // nothing allowed in this tile for this row
+      // m' = max(m, max_j s);  l = l·e^(m - m') + Σ e^(s - m');  acc = acc·e^(m - m') + P·V
+      const float m_new = std::max(w.m[r], tile_max);
+      const float correction = std::exp(w.m[r] - m_new);  // 0 when m was -inf
+      float sum = 0.0f;
+      for (int64_t c = 0; c < nk; ++c) {
+        srow[c] = std::exp(srow[c] - m_new);
+        sum += srow[c];
+      }
+      w.l[r] = w.l[r] * correction + sum;
+      w.m[r] = m_new;
+      float* acc = w.acc + r * p.Dv;
+      for (int64_t d = 0; d < p.Dv; ++d) acc[d] *= correction;
+      // acc[r, :] += P[r, c] · V[c, :]
+      for (int64_t c = 0; c < nk; ++c) {
+        const float pc = srow[c];
+        if (pc == 0.0f) continue;
+        const float* vrow = w.v_tile + c * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) acc[d] += pc * vrow[d];
+      }
+    }
+  }
+
+  // out = acc / l and lse = m + log l, with the sink's e^(sink - m) in l. A row with
+  // no allowed key gives out 0 and lse -inf, with or without a sink.
+  const float sink = sink_logit(p, h);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = i0 + r;
+    float* acc = w.acc + r * p.Dv;
+    float lse = kNegInf, inv_l = 0.0f;
+    if (w.m[r] != kNegInf) {
+      float m = w.m[r], l = w.l[r];
+      if (sink != kNegInf) {
+        const float m_new = std::max(m, sink);
+        l = l * std::exp(m - m_new) + std::exp(sink - m_new);
+        inv_l = std::exp(m - m_new) / l;
+        m = m_new;
+      } else {
+        inv_l = 1.0f / l;
+      }
+      lse = m + std::log(l);
+    } else {
+      std::fill_n(acc, p.Dv, 0.0f);
+    }
+    store_row(p.out.data, p.out.dtype,
+              s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, acc,
+              inv_l);
+    if (p.lse) *lse_ptr(p, s, h, i) = lse;
+  }
+}
+
+// probs[i, j] = exp(s_ij - lse_i) over every key column (0 outside the allowed set),
+// recomputed from the final lse so it cannot change the output bits.
+void probs_item(const AttentionParams& p, const WorkItem& item, const ForwardScratch& w) {
+  const SequenceSpan& s = p.seqs[item.seq];
+  const int64_t h = item.head, hkv = h / p.group;
+  const int64_t i0 = item.begin, n = item.end - item.begin;
+  load_q_tile(p, s, h, i0, n, w.q_tile);
+  for (int64_t j0 = 0; j0 < p.Lk; j0 += p.tile_k) {
+    const int64_t nk = std::min(p.tile_k, p.Lk - j0);
+    const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
+    if (nk_valid > 0) {
+      load_transposed(p.k, s, hkv, j0, nk_valid, p.D, w.row, w.k_t);
+      score_tile(p, s, h, i0, n, j0, nk_valid, w.q_tile, w.k_t, w.S, nullptr);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t i = i0 + r;
+      const float lse = *lse_ptr(p, s, h, i);
+      float* dst = p.probs + s.batch * p.probs_stride_b + h * p.probs_stride_h + i * p.probs_stride_i;
+      for (int64_t c = 0; c < nk; ++c) {
+        const float sc = c < nk_valid ? w.S[r * nk_valid + c] : kNegInf;
+        dst[(j0 + c) * p.probs_stride_j] = (sc == kNegInf || lse == kNegInf) ? 0.0f : std::exp(sc - lse);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int64_t forward_scratch_floats(const AttentionParams& p) {
+  return p.tile_q * p.D + p.D * p.tile_k + p.tile_k * p.Dv + p.tile_q * p.tile_k + p.tile_q * p.Dv +
+         2 * p.tile_q + std::max(p.D, p.Dv) + 16;
+}
+
+void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
+  const int64_t count = int64_t(p.q_items.size());
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    const ForwardScratch w = carve(p, scratch + omp_get_thread_num() * scratch_per_thread);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < count; ++t) {
+      forward_item(p, p.q_items[t], w);
+      if (p.probs) probs_item(p, p.q_items[t], w);
+    }
+  }
+}
+
+}  // namespace multihead::detail

@@ -1,0 +1,168 @@
+// Tile primitives shared by the forward and backward kernels. The forward and
+// the backward's recomputation call the same score_tile, so P is recomputed
+// bit for bit.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "attention/params.hpp"
+
+namespace multihead::detail {
+
+inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline float load_float(const void* base, DType dtype, int64_t offset) {
+  switch (dtype) {
+    case DType::kF32: return static_cast<const float*>(base)[offset];
+    case DType::kBF16: return bf16_to_float(static_cast<const bf16*>(base)[offset]);
+    case DType::kF16: return f16_to_float(static_cast<const f16*>(base)[offset]);
+    default: return 0.0f;
+  }
+}
+
+// dst[0..n) = row at base + offset, converted to f32.
+inline void load_row(const void* base, DType dtype, int64_t offset, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32: std::copy_n(static_cast<const float*>(base) + offset, n, dst); break;
+    case DType::kBF16: {
+      const bf16* src = static_cast<const bf16*>(base) + offset;
+      for (int64_t d = 0; d < n; ++d) dst[d] = bf16_to_float(src[d]);
+      break;
+    }
+    case DType::kF16: {
+      const f16* src = static_cast<const f16*>(base) + offset;
+      for (int64_t d = 0; d < n; ++d) dst[d] = f16_to_float(src[d]);
+      break;
+    }
+    default: break;
+  }
+}
+
+inline void store_row(void* base, DType dtype, int64_t offset, int64_t n, const float* src, float mul) {
+  switch (dtype) {
+    case DType::kF32: {
+      float* dst = static_cast<float*>(base) + offset;
+      for (int64_t d = 0; d < n; ++d) dst[d] = src[d] * mul;
+      break;
+    }
+    case DType::kBF16: {
+      bf16* dst = static_cast<bf16*>(base) + offset;
+      for (int64_t d = 0; d < n; ++d) dst[d] = float_to_bf16(src[d] * mul);
+      break;
+    }
+    case DType::kF16: {
+      f16* dst = static_cast<f16*>(base) + offset;
+      for (int64_t d = 0; d < n; ++d) dst[d] = float_to_f16(src[d] * mul);
+      break;
+    }
+    default: break;
+  }
+}
+
+// Keys that query row i of a sequence may see before masks and biases: [lo, hi).
+struct KeyRange {
+  int64_t lo, hi;
+};
+inline KeyRange key_range(const AttentionParams& p, const SequenceSpan& s, int64_t i) {
+  const int64_t diag = i + s.kv_offset;
+  int64_t lo = 0, hi = s.k_len;
+  if (p.window_left >= 0) lo = std::max(lo, diag - p.window_left);
+  if (p.window_right >= 0) hi = std::min(hi, diag + p.window_right + 1);
+  return {lo, std::max(lo, hi)};
+}
+
+// Query rows [begin, end) that see at least one key of [j0, j1) (rows are monotone).
+inline KeyRange query_range(const AttentionParams& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
+  int64_t begin = 0, end = s.q_len;
+  if (p.window_right >= 0) begin = std::max(begin, j0 - s.kv_offset - p.window_right);
+  if (p.window_left >= 0) end = std::min(end, j1 - s.kv_offset + p.window_left);
+  return {begin, std::max(begin, end)};
+}
+
+// Q rows [i0, i0+n) of head h into q_tile (n x D).
+inline void load_q_tile(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i0,
+                        int64_t n, float* q_tile) {
+  for (int64_t r = 0; r < n; ++r)
+    load_row(p.q.data, p.q.dtype,
+             s.batch * p.q.stride_b + (s.q_begin + i0 + r) * p.q.stride_l + h * p.q.stride_h, p.D,
+             q_tile + r * p.D);
+}
+
+// Rows [j0, j0+nk) of an activation (k or v) for kv head hkv, transposed: out (dim x nk).
+inline void load_transposed(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j0,
+                            int64_t nk, int64_t dim, float* row, float* out) {
+  for (int64_t c = 0; c < nk; ++c) {
+    load_row(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h,
+             dim, row);
+    for (int64_t d = 0; d < dim; ++d) out[d * nk + c] = row[d];
+  }
+}
+
+// Same rows, row-major: out (nk x dim).
+inline void load_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
+                      int64_t dim, float* out) {
+  for (int64_t c = 0; c < nk; ++c)
+    load_row(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h,
+             dim, out + c * dim);
+}
+
+// S = scale · Q Kᵀ for a (n x nk) tile, then softcap, bias, ALiBi, and -inf where a key
+// is not allowed. raw (optional, n x nk) receives scale · Q Kᵀ before the softcap, for
+// the backward's chain rule. q_tile (n x D), k_t (D x nk).
+inline void score_tile(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i0, int64_t n,
+                       int64_t j0, int64_t nk, const float* q_tile, const float* k_t, float* S, float* raw) {
+  for (int64_t r = 0; r < n; ++r) {
+    float* srow = S + r * nk;
+    std::fill_n(srow, nk, 0.0f);
+    const float* qrow = q_tile + r * p.D;
+    // S[r, :] += q[r, d] · Kᵀ[d, :]   (vectorizes over keys; fixed order over d)
+    for (int64_t d = 0; d < p.D; ++d) {
+      const float qd = qrow[d];
+      const float* kd = k_t + d * nk;
+      for (int64_t c = 0; c < nk; ++c) srow[c] += qd * kd[c];
+    }
+    for (int64_t c = 0; c < nk; ++c) srow[c] *= p.scale;
+    if (raw) std::copy_n(srow, nk, raw + r * nk);
+    if (p.softcap > 0.0f) {
+      const float inv = 1.0f / p.softcap;
+      for (int64_t c = 0; c < nk; ++c) srow[c] = p.softcap * std::tanh(srow[c] * inv);
+    }
+    const int64_t i = i0 + r;
+    const KeyRange range = key_range(p, s, i);
+    if (p.bias.data) {
+      const int64_t base = s.batch * p.bias.stride_b + h * p.bias.stride_h + i * p.bias.stride_i;
+      for (int64_t c = 0; c < nk; ++c) {
+        const float b = load_float(p.bias.data, p.bias.dtype, base + (j0 + c) * p.bias.stride_j);
+        srow[c] = b <= p.bias_masked_at ? kNegInf : srow[c] + b;
+      }
+    }
+    if (p.alibi_slopes) {
+      const float slope = p.alibi_slopes[h * p.alibi_stride];
+      const int64_t diag = i + s.kv_offset;
+      for (int64_t c = 0; c < nk; ++c) srow[c] -= slope * float(std::llabs(j0 + c - diag));
+    }
+    if (p.mask.data) {
+      const bool* m = static_cast<const bool*>(p.mask.data) + s.batch * p.mask.stride_b +
+                      h * p.mask.stride_h + i * p.mask.stride_i;
+      for (int64_t c = 0; c < nk; ++c)
+        if (!m[(j0 + c) * p.mask.stride_j]) srow[c] = kNegInf;
+    }
+    for (int64_t c = 0; c < nk; ++c) {
+      const int64_t j = j0 + c;
+      if (j < range.lo || j >= range.hi) srow[c] = kNegInf;
+    }
+  }
+}
+
+inline float sink_logit(const AttentionParams& p, int64_t h) {
+  return p.sinks ? p.sinks[h * p.sinks_stride] : kNegInf;
+}
+
+inline float* lse_ptr(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i) {
+  return p.lse + s.batch * p.lse_stride_b + h * p.lse_stride_h + (s.q_begin + i) * p.lse_stride_i;
+}
+
+}  // namespace multihead::detail

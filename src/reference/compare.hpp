@@ -1,0 +1,35 @@
+// The pass rule of DESIGN.md, in one place for tests and `multihead check`:
+//   max|ours - oracle| <= k * max|baseline - oracle| + floor,  and  <= ceiling
+// with k = 2 for forward quantities and 3 for backward ones; floor and ceiling
+// scale with the oracle's magnitude and depend on the dtype.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "multihead/tensor.hpp"
+
+namespace multihead::reference {
+
+enum class Pass { kForward, kBackward };
+
+struct Comparison {
+  std::string what;        // "out", "lse", "dq", ...
+  double max_error = 0;    // max |ours - oracle| (inf entries must match exactly)
+  double baseline_error = 0;
+  double allowed = 0;      // min(k * baseline_error + floor, ceiling)
+  bool nan_or_inf_mismatch = false;  // ours has NaN, or an infinity where the oracle has none
+  bool pass() const { return !nan_or_inf_mismatch && max_error <= allowed; }
+  std::string to_string() const;
+};
+
+// ours: a view of any float dtype whose logical shape (row-major order of
+// elements) matches the oracle vectors, which are contiguous.
+Comparison compare(const std::string& what, const TensorView& ours, const std::vector<double>& oracle,
+                   const std::vector<double>& baseline, DType input_dtype, Pass pass);
+// Same, for results already in a contiguous vector.
+Comparison compare(const std::string& what, const std::vector<double>& ours,
+                   const std::vector<double>& oracle, const std::vector<double>& baseline,
+                   DType input_dtype, Pass pass);
+
+}  // namespace multihead::reference
