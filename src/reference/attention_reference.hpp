@@ -3,8 +3,11 @@
 //   Acc = double : the oracle (tests, `multihead check`)
 //   Acc = float  : the "baseline" of the pass rule, i.e. the same math done the way a
 //                  plain implementation in the test dtype would do it.
-// Inputs are read from views of any dtype and converted; results are contiguous
-// row-major std::vector<double> in the shapes named below.
+// Inputs are read from views of any float dtype and strides (stride 0 broadcasts)
+// and converted; results are contiguous row-major std::vector<double> in the shapes
+// named below. Results do not depend on the thread count. The oracle trusts the API's
+// validation and checks only what it needs to stay in bounds (throwing Error).
+// ALiBi's diagonal is the causal one for top-left, else bottom-right (as windows).
 #pragma once
 
 #include <vector>
@@ -23,17 +26,22 @@ struct BackwardResult {
   std::vector<double> dq;      // shape of q
   std::vector<double> dk;      // shape of k
   std::vector<double> dv;      // shape of v
-  std::vector<double> dbias;   // shape of options.bias (contiguous), empty without bias
+  std::vector<double> dbias;   // shape of options.bias (contiguous), empty without bias;
+                               // summed over its size-1 and missing dims, one entry per
+                               // logical element along a stride-0 dim
   std::vector<double> dsinks;  // (H), empty without sinks
 };
 
-// round_to: where a low-precision implementation rounds (P before P·V, and the
-// outputs) the float baseline rounds to this dtype; the double oracle ignores it.
+// The oracle: double accumulation, nothing rounded.
 ForwardResult attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                                 const AttentionOptions& options);
 BackwardResult attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
                                   const TensorView& v, const AttentionOptions& options);
 
+// round_to: where a low-precision implementation rounds, the float baseline rounds
+// to this dtype when it is bf16 or f16: P before P·V (forward and dv), dS before
+// dq/dk, and the outputs out, dq, dk, dv. lse, probs, dbias, dsinks stay float.
+// With kF32 the baseline is plain float math.
 ForwardResult baseline_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                                const AttentionOptions& options, DType round_to);
 BackwardResult baseline_backward(const TensorView& dout, const TensorView& q, const TensorView& k,

@@ -23,8 +23,10 @@ struct Comparison {
   std::string to_string() const;
 };
 
-// ours: a view of any float dtype whose logical shape (row-major order of
-// elements) matches the oracle vectors, which are contiguous.
+// ours: a view of any float dtype and strides whose logical shape (row-major order
+// of elements) matches the oracle vectors, which are contiguous. A result stored in
+// bf16/f16 is judged with the 16-bit tolerances even when the inputs were f32 (pass a
+// baseline rounded to that dtype too).
 Comparison compare(const std::string& what, const TensorView& ours, const std::vector<double>& oracle,
                    const std::vector<double>& baseline, DType input_dtype, Pass pass);
 // Same, for results already in a contiguous vector.
