@@ -13,7 +13,14 @@ using detail::AttentionParams;
 void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                        const ForwardOutputs& outputs, const AttentionOptions& options) {
   const detail::ProblemSizes sizes = detail::validate_forward(q, k, v, outputs, options);
-  const AttentionParams p = detail::plan_forward(sizes, q, k, v, outputs, options);
+  // Probabilities are exp(s - lse): without a caller's lse, keep one of our own.
+  Tensor own_lse;
+  ForwardOutputs planned = outputs;
+  if (outputs.probs && !outputs.lse) {
+    own_lse = Tensor::empty(DType::kF32, {sizes.B, sizes.H, sizes.Lq});
+    planned.lse = own_lse.view();
+  }
+  const AttentionParams p = detail::plan_forward(sizes, q, k, v, planned, options);
   if (p.q_items.empty()) return;  // B = 0, Lq = 0 or H = 0: nothing to write
   const int64_t per_thread = detail::forward_scratch_floats(p);
   std::vector<float> scratch(size_t(per_thread * p.num_threads));

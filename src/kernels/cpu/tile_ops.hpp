@@ -69,7 +69,8 @@ struct KeyRange {
 inline KeyRange key_range(const AttentionParams& p, const SequenceSpan& s, int64_t i) {
   const int64_t diag = i + s.kv_offset;
   int64_t lo = 0, hi = s.k_len;
-  if (p.window_left >= 0) lo = std::max(lo, diag - p.window_left);
+  // Clamped to [0, k_len]: a window may lie wholly past the last key.
+  if (p.window_left >= 0) lo = std::min(std::max(lo, diag - p.window_left), s.k_len);
   if (p.window_right >= 0) hi = std::min(hi, diag + p.window_right + 1);
   return {lo, std::max(lo, hi)};
 }
@@ -77,7 +78,8 @@ inline KeyRange key_range(const AttentionParams& p, const SequenceSpan& s, int64
 // Query rows [begin, end) that see at least one key of [j0, j1) (rows are monotone).
 inline KeyRange query_range(const AttentionParams& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
   int64_t begin = 0, end = s.q_len;
-  if (p.window_right >= 0) begin = std::max(begin, j0 - s.kv_offset - p.window_right);
+  // Clamped to [0, q_len]: the keys may lie past every row's window.
+  if (p.window_right >= 0) begin = std::min(std::max(begin, j0 - s.kv_offset - p.window_right), s.q_len);
   if (p.window_left >= 0) end = std::min(end, j1 - s.kv_offset + p.window_left);
   return {begin, std::max(begin, end)};
 }

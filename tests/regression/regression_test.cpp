@@ -1,0 +1,55 @@
+// One test per fixed bug, named for the symptom.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "multihead/multihead.hpp"
+
+namespace multihead {
+namespace {
+
+Tensor random_tensor(std::initializer_list<int64_t> shape, std::mt19937& rng) {
+  Tensor t = Tensor::empty(DType::kF32, shape);
+  std::normal_distribution<float> nd;
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = nd(rng);
+  return t;
+}
+
+// probs without lse read the (absent) lse through a null pointer.
+TEST(Regression, CrashWhenProbsRequestedWithoutLse) {
+  std::mt19937 rng(1);
+  Tensor q = random_tensor({1, 5, 2, 8}, rng), k = random_tensor({1, 7, 2, 8}, rng), v = random_tensor({1, 7, 2, 8}, rng);
+  Tensor out = Tensor::empty(DType::kF32, {1, 5, 2, 8}), probs = Tensor::empty(DType::kF32, {1, 2, 5, 7});
+  attention_forward(q, k, v, ForwardOutputs{out.view(), std::nullopt, probs.view()});
+  for (int64_t r = 0; r < 2 * 5; ++r) {
+    double sum = 0;
+    for (int64_t j = 0; j < 7; ++j) sum += probs.data_as<float>()[r * 7 + j];
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+  }
+}
+
+// A window lying wholly past the last key made the key range start past k_len, so
+// the kernels read key rows that do not exist (NaN in dq of fully masked rows).
+TEST(Regression, NanInDqWhenWindowStartsPastLastKey) {
+  std::mt19937 rng(2);
+  Tensor q = random_tensor({1, 8, 3, 16}, rng), k = random_tensor({1, 4, 3, 16}, rng),
+         v = random_tensor({1, 4, 3, 11}, rng), dout = random_tensor({1, 8, 3, 11}, rng);
+  AttentionOptions o;
+  o.causal = CausalAlign::kTopLeft;
+  o.window = {0, 3};
+  o.softcap = 1.47f;
+  AttentionResult r = attention_forward(q, k, v, o);
+  AttentionGrads g = attention_backward(dout, q, k, v, r.out, r.lse, o);
+  // Rows 4..7 see key j = i only (left = 0), which is past Lk = 4: fully masked.
+  for (int64_t i = 4; i < 8; ++i)
+    for (int64_t h = 0; h < 3; ++h) {
+      EXPECT_EQ(r.lse.data_as<float>()[h * 8 + i], -INFINITY);
+      for (int64_t d = 0; d < 16; ++d) EXPECT_EQ(g.dq.data_as<float>()[(i * 3 + h) * 16 + d], 0.0f);
+    }
+  for (int64_t e = 0; e < g.dq.numel(); ++e) ASSERT_FALSE(std::isnan(g.dq.data_as<float>()[e]));
+  for (int64_t e = 0; e < g.dk.numel(); ++e) ASSERT_FALSE(std::isnan(g.dk.data_as<float>()[e]));
+}
+
+}  // namespace
+}  // namespace multihead
