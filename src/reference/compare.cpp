@@ -20,6 +20,10 @@ namespace {
 //   (u = 2^-8 = 3.9e-3) and f16 (u = 2^-11 = 4.9e-4) results are rounded to the
 //   16-bit type once anyway, and the baseline, rounded the same way, supplies that
 //   through k; 1e-3 (a quarter of bf16's u, two of f16's) covers the rest.
+//   f32 gradients get 4e-6 (~64 u): each entry is a sum over rows of dS = P (dP - D),
+//   where dP and D are D-long dot products that cancel; with few keys and D = 256
+//   the baseline's error is by chance ~5x below ours about once in 5000 random
+//   cases (seen in the random-case test), while a real defect costs >= 1e-3.
 // ceiling: a hard cap, so that a poor baseline (one whose error is inflated by an
 //   unlucky case) cannot make a broken kernel pass. It sits far above any honest
 //   error. Measured at B=2, H=8, L=1025, D=128 with N(0, 1) inputs, the f32 baseline
@@ -35,7 +39,7 @@ struct Tolerance {
 
 Tolerance tolerance(DType dtype, Pass pass) {
   const bool forward = pass == Pass::kForward;
-  if (dtype == DType::kF32) return {1e-6, forward ? 1e-3 : 5e-3};
+  if (dtype == DType::kF32) return forward ? Tolerance{1e-6, 1e-3} : Tolerance{4e-6, 5e-3};
   return {1e-3, forward ? 5e-2 : 1e-1};  // bf16, f16
 }
 

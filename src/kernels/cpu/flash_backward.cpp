@@ -92,8 +92,8 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, int64_t 
       const float* vd = w.v_t + d * nk;
       for (int64_t c = 0; c < nk; ++c) dsrow[c] += g * vd[c];
     }
-    // softmax: dS = P ∘ (dP - D)
-    for (int64_t c = 0; c < nk; ++c) dsrow[c] = prow[c] * (dsrow[c] - dsum);
+    // softmax: dS = P ∘ (dP - D); exactly 0 where P is, so garbage in masked V cannot leak
+    for (int64_t c = 0; c < nk; ++c) dsrow[c] = prow[c] == 0.0f ? 0.0f : prow[c] * (dsrow[c] - dsum);
     if (bias_grad) std::copy_n(dsrow, nk, bias_grad + r * nk);
     if (softcap) {
       // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
@@ -115,6 +115,7 @@ void row_dot_do_o(const AttentionParams& p, const BackwardParams& g, float* dsum
     const int64_t orow = s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + item.head * p.out.stride_h;
     load_row(g.dout.data, g.dout.dtype, row, p.Dv, w.row);
     load_row(p.out.data, p.out.dtype, orow, p.Dv, w.do_tile);
+    // Summed in the same order as dP = dO·v, so dP - D cancels exactly where P is one-hot.
     float sum = 0.0f;
     for (int64_t d = 0; d < p.Dv; ++d) sum += w.row[d] * w.do_tile[d];
     *dsum_ptr(p, dsum, s, item.head, i) = sum;
@@ -270,13 +271,13 @@ void flash_backward(const AttentionParams& p, const BackwardParams& g, float* sc
   if (g.dsinks) {
     for (int64_t h = 0; h < p.H; ++h) {
       const float sink = sink_logit(p, h);
-      float sum = 0.0f;
+      double sum = 0.0;  // a reduction over B·Lq rows: double keeps it exact to fp32
       for (const SequenceSpan& s : p.seqs)
         for (int64_t i = 0; i < s.q_len; ++i) {
           const float lse = *lse_ptr(p, s, h, i);
-          if (lse != kNegInf) sum += std::exp(sink - lse) * *dsum_ptr(p, dsum, s, h, i);
+          if (lse != kNegInf) sum += double(std::exp(sink - lse)) * double(*dsum_ptr(p, dsum, s, h, i));
         }
-      g.dsinks[h * g.dsinks_stride] = -sum;
+      g.dsinks[h * g.dsinks_stride] = float(-sum);
     }
   }
 }

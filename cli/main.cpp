@@ -1,0 +1,135 @@
+// The `multihead` command line: a front end that parses, calls the library and prints.
+//   multihead check [--cases N] [--seed S] [--no-backward] [--kind K]... [--replay KIND:SEED]...
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "multihead/multihead.hpp"
+#include "reference/cases.hpp"
+
+namespace {
+
+namespace ref = multihead::reference;
+
+uint64_t fresh_seed() {
+  const auto now = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+  return ref::derive_seed(std::random_device{}(), now);
+}
+
+std::string format_ratio(double r) {
+  if (std::isinf(r)) return "inf";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", r);
+  return buf;
+}
+
+void print_table(const ref::CheckReport& report) {
+  std::printf("%-20s %6s %7s %10s  %-6s %11s %11s %10s\n", "kind", "cases", "failed", "worst", "what",
+              "error", "allowed", "MFLOP");
+  int64_t cases = 0, failed = 0;
+  double flops = 0;
+  for (const ref::CheckRow& row : report.rows) {
+    std::printf("%-20s %6lld %7lld %10s  %-6s %11.3e %11.3e %10.2f\n", ref::to_string(row.kind),
+                static_cast<long long>(row.count), static_cast<long long>(row.failed),
+                format_ratio(row.worst_ratio).c_str(), row.worst_what.c_str(), row.worst_error, row.worst_allowed,
+                row.flops * 1e-6);
+    cases += row.count, failed += row.failed;
+    flops += row.flops;
+  }
+  std::printf("%-20s %6lld %7lld %10s  %-6s %11s %11s %10.2f\n", "total", static_cast<long long>(cases),
+              static_cast<long long>(failed), "", "", "", "", flops * 1e-6);
+  std::printf("worst = max error / allowed over the kind's cases (pass rule: <= 1)\n");
+}
+
+void print_case(const ref::Case& c, const ref::CaseResult& result) {
+  std::printf("%s\n%s", c.describe().c_str(), result.report().c_str());
+  std::printf("  replay: multihead check --replay %s:%llu\n", ref::to_string(c.kind),
+              static_cast<unsigned long long>(c.seed));
+}
+
+int run_check(int64_t n, uint64_t seed, bool backward, const std::vector<std::string>& kind_names,
+              const std::vector<std::string>& replays) {
+  if (!replays.empty()) {
+    bool pass = true;
+    for (const std::string& r : replays) {
+      const size_t colon = r.find(':');
+      const auto kind = ref::parse_case_kind(r.substr(0, colon));
+      if (colon == std::string::npos || !kind) {
+        std::fprintf(stderr, "--replay: expected KIND:SEED, got '%s'\n", r.c_str());
+        return 2;
+      }
+      const ref::Case c = ref::case_from_seed(*kind, std::stoull(r.substr(colon + 1)));
+      const ref::CaseResult result = ref::run_case(c, backward);
+      print_case(c, result);
+      pass = pass && result.pass();
+    }
+    std::printf("%s\n", pass ? "PASS" : "FAIL");
+    return pass ? 0 : 1;
+  }
+
+  std::vector<ref::CaseKind> kinds;
+  for (const std::string& name : kind_names) kinds.push_back(*ref::parse_case_kind(name));
+  if (kinds.empty()) kinds = ref::all_case_kinds();
+
+  std::printf("multihead check: %lld random cases, seed %llu, %s\n", static_cast<long long>(n),
+              static_cast<unsigned long long>(seed), backward ? "forward and backward" : "forward only");
+  std::fflush(stdout);
+  const ref::CheckReport report = ref::run_checks(n, seed, backward, kinds);
+  print_table(report);
+  if (report.pass()) {
+    std::printf("PASS\n");
+    return 0;
+  }
+  std::printf("\n%zu failing case(s):\n", report.failures.size());
+  for (const ref::CheckFailure& f : report.failures) print_case(f.c, f.result);
+  std::printf("FAIL (seed %llu)\n", static_cast<unsigned long long>(seed));
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"multihead: multi-head attention, checked against a double-precision oracle"};
+  app.set_version_flag("--version", std::string("multihead ") + MULTIHEAD_VERSION);
+  app.require_subcommand(1);
+
+  CLI::App* check = app.add_subcommand("check", "Run random attention cases of every option kind against the oracle");
+  int64_t cases = 300;
+  uint64_t seed = 0;
+  bool backward = true;
+  int threads = 0;
+  std::vector<std::string> kinds, replays;
+  std::string kind_list;
+  for (ref::CaseKind k : ref::all_case_kinds()) kind_list += std::string(kind_list.empty() ? "" : ", ") + ref::to_string(k);
+  check->add_option("--cases,-n", cases, "Number of random cases, spread over the kinds")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  CLI::Option* seed_opt = check->add_option("--seed,-s", seed, "Run seed (default: drawn from the clock, printed)");
+  check->add_flag("--backward,!--no-backward", backward, "Also check the backward pass (default on)");
+  check->add_option("--kind,-k", kinds, "Only these kinds: " + kind_list)
+      ->check([](const std::string& s) {
+        return ref::parse_case_kind(s) ? std::string() : "unknown case kind '" + s + "'";
+      });
+  check->add_option("--replay", replays, "Re-run single cases, as printed by a failing run: KIND:SEED");
+  check->add_option("--threads", threads, "Kernel threads (default: all cores)");
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (check->parsed()) {
+      multihead::set_num_threads(threads);
+      return run_check(cases, seed_opt->count() ? seed : fresh_seed(), backward, kinds, replays);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "multihead: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

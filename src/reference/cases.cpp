@@ -1,0 +1,752 @@
+#include "reference/cases.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <numbers>
+#include <sstream>
+
+#include "multihead/error.hpp"
+#include "reference/attention_reference.hpp"
+
+namespace multihead::reference {
+
+// ---------------------------------------------------------------- names
+
+namespace {
+
+struct KindName {
+  CaseKind kind;
+  const char* name;
+};
+constexpr KindName kKindNames[] = {
+    {CaseKind::kPlain, "plain"},
+    {CaseKind::kCausalTopLeft, "causal_top_left"},
+    {CaseKind::kCausalBottomRight, "causal_bottom_right"},
+    {CaseKind::kWindow, "window"},
+    {CaseKind::kGqa, "gqa"},
+    {CaseKind::kMqa, "mqa"},
+    {CaseKind::kMask, "mask"},
+    {CaseKind::kBias, "bias"},
+    {CaseKind::kKeyPadding, "key_padding"},
+    {CaseKind::kVarlen, "varlen"},
+    {CaseKind::kAlibi, "alibi"},
+    {CaseKind::kSoftcap, "softcap"},
+    {CaseKind::kSinks, "sinks"},
+    {CaseKind::kStrided, "strided"},
+    {CaseKind::kDvNeD, "dv_ne_d"},
+    {CaseKind::kFullyMasked, "fully_masked"},
+    {CaseKind::kBf16, "bf16"},
+    {CaseKind::kMixed, "mixed"},
+};
+
+const char* causal_name(CausalAlign causal) {
+  switch (causal) {
+    case CausalAlign::kNone: return "none";
+    case CausalAlign::kTopLeft: return "top_left";
+    case CausalAlign::kBottomRight: return "bottom_right";
+  }
+  return "?";
+}
+
+std::string window_side(int64_t w) { return w < 0 ? "inf" : std::to_string(w); }
+
+std::string join(const std::vector<int64_t>& xs) {
+  std::string s;
+  for (size_t n = 0; n < xs.size(); ++n) s += (n ? "," : "") + std::to_string(xs[n]);
+  return s;
+}
+
+}  // namespace
+
+const std::vector<CaseKind>& all_case_kinds() {
+  static const std::vector<CaseKind> kinds = [] {
+    std::vector<CaseKind> v;
+    for (const KindName& k : kKindNames) v.push_back(k.kind);
+    return v;
+  }();
+  return kinds;
+}
+
+const char* to_string(CaseKind kind) {
+  for (const KindName& k : kKindNames)
+    if (k.kind == kind) return k.name;
+  return "?";
+}
+
+std::optional<CaseKind> parse_case_kind(std::string_view name) {
+  for (const KindName& k : kKindNames)
+    if (name == k.name) return k.kind;
+  return std::nullopt;
+}
+
+const char* to_string(Broadcast broadcast) {
+  switch (broadcast) {
+    case Broadcast::kNone: return "none";
+    case Broadcast::kFull: return "(B,H,Lq,Lk)";
+    case Broadcast::kQueryKey: return "(1,1,Lq,Lk)";
+    case Broadcast::kBatchKey: return "(B,1,1,Lk)";
+    case Broadcast::kHeadQueryKey: return "(1,H,Lq,Lk)";
+    case Broadcast::kBatchHeadKey: return "(B,H,1,Lk)";
+    case Broadcast::kRank2: return "(Lq,Lk)";
+  }
+  return "?";
+}
+
+const char* to_string(Layout layout) {
+  switch (layout) {
+    case Layout::kContiguous: return "contiguous";
+    case Layout::kPadded: return "padded";
+    case Layout::kHeadMajor: return "head_major";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------- Case
+
+namespace {
+
+// Σ_b Lq_b·Lk_b: the number of (query, key) pairs per head.
+double pairs(const Case& c) {
+  if (!c.varlen()) return double(c.B) * double(c.Lq) * double(c.Lk);
+  double n = 0;
+  for (size_t s = 0; s < c.varlen_q.size(); ++s) n += double(c.varlen_q[s]) * double(c.varlen_k[s]);
+  return n;
+}
+
+}  // namespace
+
+double Case::flops() const { return 2.0 * double(H) * pairs(*this) * double(D + Dv); }
+
+double Case::cost() const { return double(H) * pairs(*this) * double(D + Dv); }
+
+std::string Case::describe() const {
+  std::ostringstream s;
+  s << "kind=" << to_string(kind) << " B=" << B << " Lq=" << Lq << " Lk=" << Lk << " H=" << H
+    << " Hkv=" << Hkv << " D=" << D << " Dv=" << Dv << " dtype=" << multihead::to_string(dtype);
+  if (scale) s << " scale=" << *scale;
+  if (causal != CausalAlign::kNone) s << " causal=" << causal_name(causal);
+  if (window.left >= 0 || window.right >= 0)
+    s << " window=(" << window_side(window.left) << "," << window_side(window.right) << ")";
+  if (mask != Broadcast::kNone) s << " mask=" << to_string(mask);
+  if (bias != Broadcast::kNone) s << " bias=" << to_string(bias);
+  if (key_padding) s << " key_padding";
+  if (varlen()) s << " varlen_q=[" << join(varlen_q) << "] varlen_k=[" << join(varlen_k) << "]";
+  if (alibi) s << " alibi";
+  if (softcap > 0) s << " softcap=" << softcap;
+  if (sinks) s << " sinks";
+  if (layout != Layout::kContiguous) s << " layout=" << to_string(layout);
+  if (empty_rows) s << " empty_rows";
+  if (probs) s << " probs";
+  s << " seed=" << seed << " | " << flops() * 1e-6 << " MFLOP forward";
+  return s.str();
+}
+
+std::string Case::name() const {
+  std::ostringstream s;
+  s << to_string(kind) << "_B" << B << "_Lq" << Lq << "_Lk" << Lk << "_H" << H << "_Hkv" << Hkv << "_D" << D;
+  if (Dv != D) s << "_Dv" << Dv;
+  s << (dtype == DType::kBF16 ? "_bf16" : dtype == DType::kF16 ? "_f16" : "_f32");
+  if (scale) s << "_scaled";
+  if (causal == CausalAlign::kTopLeft) s << "_causalTL";
+  if (causal == CausalAlign::kBottomRight) s << "_causalBR";
+  if (window.left >= 0 || window.right >= 0)
+    s << "_win" << window_side(window.left) << "_" << window_side(window.right);
+  const auto shape_tag = [](Broadcast b) {
+    switch (b) {
+      case Broadcast::kNone: return "";
+      case Broadcast::kFull: return "BHQK";
+      case Broadcast::kQueryKey: return "11QK";
+      case Broadcast::kBatchKey: return "B11K";
+      case Broadcast::kHeadQueryKey: return "1HQK";
+      case Broadcast::kBatchHeadKey: return "BH1K";
+      case Broadcast::kRank2: return "QK";
+    }
+    return "";
+  };
+  if (mask != Broadcast::kNone) s << "_mask" << shape_tag(mask);
+  if (bias != Broadcast::kNone) s << "_bias" << shape_tag(bias);
+  if (key_padding) s << "_keypad";
+  if (varlen()) s << "_varlen" << varlen_q.size();
+  if (alibi) s << "_alibi";
+  if (softcap > 0) s << "_softcap";
+  if (sinks) s << "_sinks";
+  if (layout == Layout::kPadded) s << "_padded";
+  if (layout == Layout::kHeadMajor) s << "_headmajor";
+  if (empty_rows) s << "_emptyrows";
+  if (probs) s << "_probs";
+  return s.str();
+}
+
+// ---------------------------------------------------------------- buffers
+
+namespace {
+
+// Portable draws (the same numbers with any standard library, so seeds replay anywhere).
+double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
+int64_t uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {  // inclusive
+  return lo + int64_t(rng() % uint64_t(hi - lo + 1));
+}
+bool chance(std::mt19937_64& rng, double p) { return uniform01(rng) < p; }
+template <class T>
+T pick(std::mt19937_64& rng, std::initializer_list<T> values) {
+  return values.begin()[uniform(rng, 0, int64_t(values.size()) - 1)];
+}
+double normal(std::mt19937_64& rng) {  // Box-Muller
+  const double u1 = 1.0 - uniform01(rng);  // (0, 1]
+  const double u2 = uniform01(rng);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+}
+
+void store(const TensorView& t, int64_t offset, float x) {
+  switch (t.dtype) {
+    case DType::kF32: static_cast<float*>(t.data)[offset] = x; return;
+    case DType::kBF16: static_cast<bf16*>(t.data)[offset] = float_to_bf16(x); return;
+    case DType::kF16: static_cast<f16*>(t.data)[offset] = float_to_f16(x); return;
+    default: throw Error(ErrorKind::kInvalidArgument, "case tensor", "dtype", "a float dtype", to_string(t.dtype));
+  }
+}
+
+// Visits every index of a view in row-major order.
+template <class F>
+void for_each_index(const TensorView& t, F&& f) {
+  const int64_t n = t.numel();
+  Shape index{};
+  for (int64_t e = 0; e < n; ++e) {
+    f(index);
+    for (int d = t.rank - 1; d >= 0; --d) {
+      if (++index[d] < t.shape[d]) break;
+      index[d] = 0;
+    }
+  }
+}
+
+// N(0, 1) data, two values per Box-Muller step from a splitmix64 stream seeded by rng:
+// input generation must stay cheap next to the oracle.
+void fill_normal(const TensorView& t, std::mt19937_64& rng) {
+  uint64_t state = rng();
+  const auto next01 = [&state] {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return double((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+  };
+  double spare = 0;
+  bool have_spare = false;
+  for_each_index(t, [&](const Shape& i) {
+    double x = spare;
+    if (!have_spare) {
+      const double radius = std::sqrt(-2.0 * std::log(1.0 - next01()));
+      const double angle = 2.0 * std::numbers::pi * next01();
+      x = radius * std::cos(angle);
+      spare = radius * std::sin(angle);
+    }
+    have_spare = !have_spare;
+    store(t, t.offset(i), float(x));
+  });
+}
+
+// The rank and shape of a mask or bias of the given broadcast kind.
+std::pair<int, Shape> broadcast_shape(Broadcast b, const Case& c) {
+  switch (b) {
+    case Broadcast::kFull: return {4, Shape{c.B, c.H, c.Lq, c.Lk}};
+    case Broadcast::kQueryKey: return {4, Shape{1, 1, c.Lq, c.Lk}};
+    case Broadcast::kBatchKey: return {4, Shape{c.B, 1, 1, c.Lk}};
+    case Broadcast::kHeadQueryKey: return {4, Shape{1, c.H, c.Lq, c.Lk}};
+    case Broadcast::kBatchHeadKey: return {4, Shape{c.B, c.H, 1, c.Lk}};
+    case Broadcast::kRank2: return {2, Shape{c.Lq, c.Lk, 0, 0}};
+    case Broadcast::kNone: break;
+  }
+  return {0, Shape{}};
+}
+
+// Whether index i of a mask/bias of this broadcast kind lies in a row that empty_rows
+// empties: rows with i % 3 == 0 where the tensor has an Lq dim, else all of batch 0.
+bool in_empty_row(Broadcast b, const Shape& i) {
+  switch (b) {
+    case Broadcast::kFull:
+    case Broadcast::kQueryKey:
+    case Broadcast::kHeadQueryKey: return i[2] % 3 == 0;
+    case Broadcast::kRank2: return i[0] % 3 == 0;
+    case Broadcast::kBatchKey:
+    case Broadcast::kBatchHeadKey: return i[0] == 0;
+    case Broadcast::kNone: break;
+  }
+  return false;
+}
+
+}  // namespace
+
+StridedTensor make_strided(DType dtype, int64_t B, int64_t L, int64_t heads, int64_t dim, Layout layout,
+                           uint8_t fill_byte) {
+  StridedTensor t;
+  int64_t stride_b = 0, stride_l = 0, stride_h = 0, numel = 0;
+  switch (layout) {
+    case Layout::kContiguous:
+      stride_h = dim, stride_l = heads * dim, stride_b = L * heads * dim, numel = B * stride_b;
+      break;
+    case Layout::kPadded:  // (B, L + 1, heads, dim + 3)
+      stride_h = dim + 3, stride_l = heads * (dim + 3), stride_b = (L + 1) * stride_l, numel = B * stride_b;
+      break;
+    case Layout::kHeadMajor:  // (B, heads, L, dim)
+      stride_l = dim, stride_h = L * dim, stride_b = heads * L * dim, numel = B * stride_b;
+      break;
+  }
+  t.storage = Tensor::empty(dtype, {numel});
+  std::memset(t.storage.data(), fill_byte, t.storage.nbytes());
+  t.view.data = t.storage.data();
+  t.view.dtype = dtype;
+  t.view.rank = 4;
+  t.view.shape = Shape{B, L, heads, dim};
+  t.view.strides = Shape{stride_b, stride_l, stride_h, 1};
+  return t;
+}
+
+bool gaps_unchanged(const StridedTensor& t, uint8_t fill_byte) {
+  const size_t element = dtype_size(t.view.dtype);
+  std::vector<bool> inside(size_t(t.storage.numel()), false);
+  for_each_index(t.view, [&](const Shape& i) { inside[size_t(t.view.offset(i))] = true; });
+  const auto* bytes = static_cast<const uint8_t*>(t.storage.data());
+  for (size_t e = 0; e < inside.size(); ++e) {
+    if (inside[e]) continue;
+    for (size_t b = 0; b < element; ++b)
+      if (bytes[e * element + b] != fill_byte) return false;
+  }
+  return true;
+}
+
+CaseInputs materialize(const Case& c) {
+  // Distinct from the stream random_case drew the sizes from.
+  std::mt19937_64 rng(c.seed ^ 0x5eed'da7a'0000'0001ull);
+  CaseInputs in;
+  constexpr uint8_t kNaN = 0xff;  // all-ones is a NaN in f32, bf16 and f16: gaps must not be read
+  in.q = make_strided(c.dtype, c.B, c.Lq, c.H, c.D, c.layout, kNaN);
+  in.k = make_strided(c.dtype, c.B, c.Lk, c.Hkv, c.D, c.layout, kNaN);
+  in.v = make_strided(c.dtype, c.B, c.Lk, c.Hkv, c.Dv, c.layout, kNaN);
+  fill_normal(in.q.view, rng);
+  fill_normal(in.k.view, rng);
+  fill_normal(in.v.view, rng);
+  in.dout = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.Dv});
+  fill_normal(in.dout.view(), rng);
+
+  AttentionOptions& o = in.options;
+  o.scale = c.scale;
+  o.causal = c.causal;
+  o.window = c.window;
+  o.softcap = c.softcap;
+
+  if (c.mask != Broadcast::kNone) {
+    const auto [rank, shape] = broadcast_shape(c.mask, c);
+    in.mask = Tensor::empty(DType::kBool, rank, shape);
+    const double keep = 0.5 + 0.45 * uniform01(rng);
+    bool* m = in.mask.data_as<bool>();
+    for_each_index(in.mask.view(), [&](const Shape& i) {
+      m[in.mask.view().offset(i)] = chance(rng, keep) && !(c.empty_rows && in_empty_row(c.mask, i));
+    });
+    o.mask = in.mask.view();
+  }
+  if (c.bias != Broadcast::kNone) {
+    const auto [rank, shape] = broadcast_shape(c.bias, c);
+    in.bias = Tensor::empty(DType::kF32, rank, shape);
+    float* p = in.bias.data_as<float>();
+    // A few entries mask through the bias: both -inf and the lowest finite value count.
+    const float masked[] = {-std::numeric_limits<float>::infinity(), std::numeric_limits<float>::lowest()};
+    for_each_index(in.bias.view(), [&](const Shape& i) {
+      float x = float(normal(rng));
+      if (chance(rng, 0.03) || (c.empty_rows && in_empty_row(c.bias, i))) x = masked[rng() & 1];
+      p[in.bias.view().offset(i)] = x;
+    });
+    o.bias = in.bias.view();
+  }
+  if (c.key_padding) {
+    in.seqlens_k = Tensor::empty(DType::kI32, {c.B});
+    int32_t* s = in.seqlens_k.data_as<int32_t>();
+    for (int64_t b = 0; b < c.B; ++b)
+      s[b] = int32_t(chance(rng, 0.2) || c.Lk == 0 ? c.Lk : uniform(rng, 1, c.Lk));
+    if (c.empty_rows && c.B > 0) s[0] = 0;
+    o.seqlens_k = in.seqlens_k.view();
+  }
+  if (c.varlen()) {
+    const int64_t nseq = int64_t(c.varlen_q.size());
+    in.cu_seqlens_q = Tensor::empty(DType::kI32, {nseq + 1});
+    in.cu_seqlens_k = Tensor::empty(DType::kI32, {nseq + 1});
+    int32_t* cq = in.cu_seqlens_q.data_as<int32_t>();
+    int32_t* ck = in.cu_seqlens_k.data_as<int32_t>();
+    cq[0] = ck[0] = 0;
+    for (int64_t s = 0; s < nseq; ++s) {
+      cq[s + 1] = cq[s] + int32_t(c.varlen_q[size_t(s)]);
+      ck[s + 1] = ck[s] + int32_t(c.varlen_k[size_t(s)]);
+    }
+    o.cu_seqlens_q = in.cu_seqlens_q.view();
+    o.cu_seqlens_k = in.cu_seqlens_k.view();
+  }
+  if (c.alibi) {
+    in.alibi_slopes = Tensor::empty(DType::kF32, {c.H});
+    float* s = in.alibi_slopes.data_as<float>();
+    // The standard geometric slopes 2^(-8(h+1)/H).
+    for (int64_t h = 0; h < c.H; ++h) s[h] = std::exp2(-8.0f * float(h + 1) / float(c.H));
+    o.alibi_slopes = in.alibi_slopes.view();
+  }
+  if (c.sinks) {
+    in.sinks = Tensor::empty(DType::kF32, {c.H});
+    fill_normal(in.sinks.view(), rng);
+    o.sinks = in.sinks.view();
+  }
+  return in;
+}
+
+// ---------------------------------------------------------------- random cases
+
+namespace {
+
+// Upper bound on Case::cost() for random cases: keeps the double oracle (and its
+// float twin) at a few milliseconds per case.
+constexpr double kMaxRandomCost = 3.0e6;
+
+int64_t draw_head_dim(std::mt19937_64& rng) {
+  if (chance(rng, 0.6)) return pick<int64_t>(rng, {1, 8, 59, 64, 80, 111, 128, 256});
+  return uniform(rng, 1, 96);
+}
+
+int64_t draw_length(std::mt19937_64& rng) {
+  if (chance(rng, 0.03)) return 1025;
+  if (chance(rng, 0.5)) return pick<int64_t>(rng, {1, 2, 17, 127, 128, 129});
+  return uniform(rng, 1, 64);
+}
+
+CausalAlign draw_causal(std::mt19937_64& rng) {
+  return pick(rng, {CausalAlign::kNone, CausalAlign::kTopLeft, CausalAlign::kBottomRight});
+}
+
+Broadcast draw_broadcast(std::mt19937_64& rng) {
+  return pick(rng, {Broadcast::kFull, Broadcast::kQueryKey, Broadcast::kBatchKey, Broadcast::kHeadQueryKey,
+                    Broadcast::kBatchHeadKey, Broadcast::kRank2});
+}
+
+void add_window(Case& c, std::mt19937_64& rng) {
+  const auto side = [&] { return pick<int64_t>(rng, {-1, 0, 1, 3, uniform(rng, 0, std::max<int64_t>(c.Lk, 1))}); };
+  c.window = {side(), side()};
+  if (c.window.left < 0 && c.window.right < 0) c.window.left = uniform(rng, 0, 8);
+  if (chance(rng, 0.5)) c.causal = draw_causal(rng);
+}
+
+void add_gqa(Case& c, std::mt19937_64& rng) {
+  c.Hkv = pick<int64_t>(rng, {2, 3, 4});
+  c.H = c.Hkv * pick<int64_t>(rng, {2, 3, 4});
+}
+
+void add_mqa(Case& c, std::mt19937_64& rng) {
+  c.Hkv = 1;
+  c.H = pick<int64_t>(rng, {2, 3, 4, 6, 8});
+}
+
+void add_dv(Case& c, std::mt19937_64& rng) {
+  do c.Dv = draw_head_dim(rng);
+  while (c.Dv == c.D);
+}
+
+void add_softcap(Case& c, std::mt19937_64& rng) {
+  c.softcap = pick(rng, {0.5f, 2.0f, 5.0f, 30.0f});
+  // A larger scale pushes scores into tanh's saturated range.
+  if (chance(rng, 0.5)) c.scale = pick(rng, {0.5f, 1.0f});
+}
+
+// Packed sequences replace B, Lq, Lk; no mask, bias, key padding or probs with varlen.
+void add_varlen(Case& c, std::mt19937_64& rng) {
+  const int64_t nseq = uniform(rng, 1, 4);
+  c.varlen_q.clear();
+  c.varlen_k.clear();
+  for (int64_t s = 0; s < nseq; ++s) {
+    const auto length = [&]() -> int64_t {
+      if (chance(rng, 0.08)) return 0;
+      return chance(rng, 0.5) ? pick<int64_t>(rng, {1, 2, 17, 127, 128, 129}) : uniform(rng, 1, 48);
+    };
+    const int64_t lq = length();
+    c.varlen_q.push_back(lq);
+    c.varlen_k.push_back(chance(rng, 0.4) ? lq : length());
+  }
+  if (c.empty_rows) c.varlen_k[size_t(uniform(rng, 0, nseq - 1))] = 0;
+  c.B = 1;
+  c.Lq = c.Lk = 0;
+  for (int64_t s = 0; s < nseq; ++s) c.Lq += c.varlen_q[size_t(s)], c.Lk += c.varlen_k[size_t(s)];
+  c.mask = c.bias = Broadcast::kNone;
+  c.key_padding = false;
+  c.probs = false;
+  if (chance(rng, 0.5)) c.causal = draw_causal(rng);
+}
+
+// Makes some rows empty through one or more of the masking inputs.
+void add_empty_rows(Case& c, std::mt19937_64& rng) {
+  c.empty_rows = true;
+  switch (uniform(rng, 0, 6)) {
+    case 0: c.mask = draw_broadcast(rng); break;
+    case 1: c.bias = draw_broadcast(rng); break;
+    case 2: c.key_padding = true, c.B = std::max<int64_t>(c.B, 2); break;
+    case 3: c.Lk = 0; break;
+    case 4:  // bottom-right alignment with Lq > Lk: the first Lq - Lk rows see no key
+      c.causal = CausalAlign::kBottomRight;
+      if (c.Lq <= c.Lk) std::swap(c.Lq, c.Lk);
+      if (c.Lq == c.Lk) ++c.Lq;
+      break;
+    case 5: add_varlen(c, rng); break;
+    default:  // several at once
+      c.mask = draw_broadcast(rng);
+      c.bias = draw_broadcast(rng);
+      c.key_padding = true;
+      c.causal = draw_causal(rng);
+      break;
+  }
+}
+
+void add_strided(Case& c, std::mt19937_64& rng) { c.layout = pick(rng, {Layout::kPadded, Layout::kHeadMajor}); }
+
+// Several options at once.
+void add_mixed(Case& c, std::mt19937_64& rng) {
+  if (chance(rng, 0.4)) c.causal = draw_causal(rng);
+  if (chance(rng, 0.25)) add_window(c, rng);
+  if (chance(rng, 0.3)) add_gqa(c, rng);
+  else if (chance(rng, 0.15)) add_mqa(c, rng);
+  if (chance(rng, 0.3)) add_dv(c, rng);
+  if (chance(rng, 0.25)) c.alibi = true;
+  if (chance(rng, 0.25)) add_softcap(c, rng);
+  if (chance(rng, 0.3)) c.sinks = true;
+  if (chance(rng, 0.3)) add_strided(c, rng);
+  if (chance(rng, 0.3)) c.dtype = DType::kBF16;
+  if (chance(rng, 0.2) && !c.scale) c.scale = float(0.2 + uniform01(rng)) / std::sqrt(float(c.D));
+  c.empty_rows = chance(rng, 0.2);
+  if (chance(rng, 0.25)) {
+    add_varlen(c, rng);
+    return;
+  }
+  if (chance(rng, 0.4)) c.mask = draw_broadcast(rng);
+  if (chance(rng, 0.4)) c.bias = draw_broadcast(rng);
+  if (chance(rng, 0.3)) c.key_padding = true;
+  if (c.empty_rows && c.mask == Broadcast::kNone && c.bias == Broadcast::kNone && !c.key_padding)
+    c.mask = Broadcast::kFull;
+}
+
+Case draw_case(CaseKind kind, std::mt19937_64& rng) {
+  Case c;
+  c.kind = kind;
+  c.B = uniform(rng, 1, 3);
+  c.H = c.Hkv = pick<int64_t>(rng, {1, 2, 3, 4});
+  c.D = c.Dv = draw_head_dim(rng);
+  c.Lq = draw_length(rng);
+  c.Lk = chance(rng, 0.4) ? c.Lq : draw_length(rng);
+  c.probs = chance(rng, 0.25);
+  switch (kind) {
+    case CaseKind::kPlain:
+      if (chance(rng, 0.03)) c.Lq = 0;  // an empty result
+      if (chance(rng, 0.03)) c.B = 0;
+      break;
+    case CaseKind::kCausalTopLeft: c.causal = CausalAlign::kTopLeft; break;
+    case CaseKind::kCausalBottomRight: c.causal = CausalAlign::kBottomRight; break;
+    case CaseKind::kWindow: add_window(c, rng); break;
+    case CaseKind::kGqa: add_gqa(c, rng); break;
+    case CaseKind::kMqa: add_mqa(c, rng); break;
+    case CaseKind::kMask: c.mask = draw_broadcast(rng); break;
+    case CaseKind::kBias: c.bias = draw_broadcast(rng); break;
+    case CaseKind::kKeyPadding: c.key_padding = true; break;
+    case CaseKind::kVarlen: add_varlen(c, rng); break;
+    case CaseKind::kAlibi:
+      c.alibi = true;
+      if (chance(rng, 0.5)) c.causal = draw_causal(rng);
+      break;
+    case CaseKind::kSoftcap: add_softcap(c, rng); break;
+    case CaseKind::kSinks: c.sinks = true; break;
+    case CaseKind::kStrided:
+      add_strided(c, rng);
+      if (chance(rng, 0.3)) add_gqa(c, rng);
+      if (chance(rng, 0.3)) add_varlen(c, rng);
+      break;
+    case CaseKind::kDvNeD: add_dv(c, rng); break;
+    case CaseKind::kFullyMasked: add_empty_rows(c, rng); break;
+    case CaseKind::kBf16:
+      c.dtype = DType::kBF16;
+      switch (uniform(rng, 0, 7)) {
+        case 0: break;
+        case 1: c.causal = draw_causal(rng); break;
+        case 2: add_gqa(c, rng); break;
+        case 3: c.mask = draw_broadcast(rng); break;
+        case 4: c.bias = draw_broadcast(rng); break;
+        case 5: add_varlen(c, rng); break;
+        case 6: add_softcap(c, rng); break;
+        default: c.sinks = true; break;
+      }
+      break;
+    case CaseKind::kMixed: add_mixed(c, rng); break;
+  }
+  return c;
+}
+
+}  // namespace
+
+Case random_case(CaseKind kind, std::mt19937_64& rng) {
+  // Rejection keeps the distribution of small and odd sizes and bounds the oracle's cost.
+  for (;;) {
+    Case c = draw_case(kind, rng);
+    if (c.cost() <= kMaxRandomCost) {
+      c.seed = rng();
+      return c;
+    }
+  }
+}
+
+Case case_from_seed(CaseKind kind, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Case c = random_case(kind, rng);
+  c.seed = seed;
+  return c;
+}
+
+uint64_t derive_seed(uint64_t run_seed, uint64_t index) {
+  uint64_t z = run_seed + 0x9e3779b97f4a7c15ull * (index + 1);  // splitmix64
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// ---------------------------------------------------------------- running
+
+bool CaseResult::pass() const {
+  if (!problems.empty()) return false;
+  return std::all_of(comparisons.begin(), comparisons.end(), [](const Comparison& c) { return c.pass(); });
+}
+
+namespace {
+double ratio(const Comparison& c) {
+  if (c.nan_or_inf_mismatch || std::isnan(c.max_error)) return std::numeric_limits<double>::infinity();
+  if (c.allowed > 0) return c.max_error / c.allowed;
+  return c.max_error > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+}
+}  // namespace
+
+const Comparison* CaseResult::worst() const {
+  const Comparison* w = nullptr;
+  for (const Comparison& c : comparisons)
+    if (!w || ratio(c) > ratio(*w)) w = &c;
+  return w;
+}
+
+double CaseResult::worst_ratio() const {
+  if (!problems.empty()) return std::numeric_limits<double>::infinity();
+  const Comparison* w = worst();
+  return w ? ratio(*w) : 0.0;
+}
+
+std::string CaseResult::report() const {
+  std::string s;
+  for (const Comparison& c : comparisons) s += (c.pass() ? "  ok   " : "  FAIL ") + c.to_string() + "\n";
+  for (const std::string& p : problems) s += "  FAIL " + p + "\n";
+  return s;
+}
+
+CaseResult run_case(const Case& c, bool backward) {
+  constexpr uint8_t kCanary = 0x7b;  // 0x7b7b7b7b is a huge finite float: unwritten outputs fail compare
+  CaseResult r;
+  const char* stage = "materialize";
+  try {
+    const CaseInputs in = materialize(c);
+    const AttentionOptions& o = in.options;
+    const TensorView &q = in.q.view, &k = in.k.view, &v = in.v.view;
+
+    StridedTensor out = make_strided(DType::kF32, c.B, c.Lq, c.H, c.Dv, c.layout, kCanary);
+    Tensor lse = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq});  // (B, H, Lq)
+    std::memset(lse.data(), kCanary, lse.nbytes());
+    Tensor probs;  // (B, H, Lq, Lk)
+    ForwardOutputs fo{out.view, lse.view(), std::nullopt};
+    if (c.probs && !c.varlen()) {
+      probs = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq, c.Lk});
+      std::memset(probs.data(), kCanary, probs.nbytes());
+      fo.probs = probs.view();
+    }
+    stage = "multihead::attention_forward";
+    multihead::attention_forward(q, k, v, fo, o);
+    if (!gaps_unchanged(out, kCanary)) r.problems.push_back("attention_forward wrote outside out's view");
+
+    stage = "reference::attention_forward";
+    const ForwardResult oracle = reference::attention_forward(q, k, v, o);
+    stage = "reference::baseline_forward";
+    const ForwardResult base = baseline_forward(q, k, v, o, c.dtype);
+    stage = "compare";
+    r.comparisons.push_back(compare("out", out.view, oracle.out, base.out, c.dtype, Pass::kForward));
+    r.comparisons.push_back(compare("lse", lse.view(), oracle.lse, base.lse, c.dtype, Pass::kForward));
+    if (fo.probs)
+      r.comparisons.push_back(compare("probs", probs.view(), oracle.probs, base.probs, c.dtype, Pass::kForward));
+    if (!backward) return r;
+
+    StridedTensor dq = make_strided(DType::kF32, c.B, c.Lq, c.H, c.D, c.layout, kCanary);
+    StridedTensor dk = make_strided(DType::kF32, c.B, c.Lk, c.Hkv, c.D, c.layout, kCanary);
+    StridedTensor dv = make_strided(DType::kF32, c.B, c.Lk, c.Hkv, c.Dv, c.layout, kCanary);
+    BackwardOutputs grads{dq.view, dk.view, dv.view, std::nullopt, std::nullopt};
+    Tensor dbias, dsinks;
+    if (o.bias) {
+      dbias = Tensor::empty(DType::kF32, o.bias->rank, o.bias->shape);  // shape of bias
+      std::memset(dbias.data(), kCanary, dbias.nbytes());
+      grads.dbias = dbias.view();
+    }
+    if (o.sinks) {
+      dsinks = Tensor::empty(DType::kF32, {c.H});  // (H)
+      std::memset(dsinks.data(), kCanary, dsinks.nbytes());
+      grads.dsinks = dsinks.view();
+    }
+    stage = "multihead::attention_backward";
+    multihead::attention_backward(in.dout.view(), q, k, v, out.view, lse.view(), grads, o);
+    if (!gaps_unchanged(dq, kCanary) || !gaps_unchanged(dk, kCanary) || !gaps_unchanged(dv, kCanary))
+      r.problems.push_back("attention_backward wrote outside a gradient's view");
+
+    stage = "reference::attention_backward";
+    const BackwardResult oracle_b = reference::attention_backward(in.dout.view(), q, k, v, o);
+    stage = "reference::baseline_backward";
+    const BackwardResult base_b = baseline_backward(in.dout.view(), q, k, v, o, c.dtype);
+    stage = "compare";
+    r.comparisons.push_back(compare("dq", dq.view, oracle_b.dq, base_b.dq, c.dtype, Pass::kBackward));
+    r.comparisons.push_back(compare("dk", dk.view, oracle_b.dk, base_b.dk, c.dtype, Pass::kBackward));
+    r.comparisons.push_back(compare("dv", dv.view, oracle_b.dv, base_b.dv, c.dtype, Pass::kBackward));
+    if (grads.dbias)
+      r.comparisons.push_back(compare("dbias", dbias.view(), oracle_b.dbias, base_b.dbias, c.dtype, Pass::kBackward));
+    if (grads.dsinks)
+      r.comparisons.push_back(
+          compare("dsinks", dsinks.view(), oracle_b.dsinks, base_b.dsinks, c.dtype, Pass::kBackward));
+  } catch (const std::exception& e) {
+    r.problems.push_back(std::string(stage) + " threw: " + e.what());
+  }
+  return r;
+}
+
+CheckReport run_checks(int64_t n, uint64_t seed, bool backward, const std::vector<CaseKind>& kinds) {
+  CheckReport report;
+  report.seed = seed;
+  report.backward = backward;
+  for (CaseKind kind : kinds) {
+    CheckRow row;
+    row.kind = kind;
+    report.rows.push_back(row);
+  }
+  if (kinds.empty()) return report;
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t slot = size_t(i) % kinds.size();
+    const Case c = case_from_seed(kinds[slot], derive_seed(seed, uint64_t(i)));
+    CaseResult result = run_case(c, backward);
+    CheckRow& row = report.rows[slot];
+    ++row.count;
+    row.flops += c.flops();
+    const double ratio = result.worst_ratio();
+    if (row.count == 1 || ratio > row.worst_ratio) {
+      row.worst_ratio = ratio;
+      const Comparison* w = result.worst();
+      row.worst_what = !result.problems.empty() ? "error" : w ? w->what : "-";
+      row.worst_error = w ? w->max_error : 0.0;
+      row.worst_allowed = w ? w->allowed : 0.0;
+    }
+    if (!result.pass()) {
+      ++row.failed;
+      report.failures.push_back(CheckFailure{c, std::move(result)});
+    }
+  }
+  return report;
+}
+
+}  // namespace multihead::reference
