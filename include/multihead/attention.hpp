@@ -52,6 +52,12 @@ struct AttentionOptions {
   float softcap = 0.0f;
   // Learnable sinks: f32 (H), one extra logit per head in the softmax denominator.
   std::optional<TensorView> sinks;
+  // Attention-weight dropout (training): P_ij is zeroed with probability dropout_p and
+  // kept ones are scaled by 1 / (1 - dropout_p). Whether (b, h, i, j) is kept is a hash
+  // of (dropout_seed, b, h, i, j): deterministic, independent of tiles and threads.
+  // lse and probs are those before dropout. 0 = off; must lie in [0, 1).
+  float dropout_p = 0.0f;
+  uint64_t dropout_seed = 0;
 };
 
 struct ForwardOutputs {

@@ -3,4 +3,6 @@
 
 #include "multihead/attention.hpp"
 #include "multihead/error.hpp"
+#include "multihead/multi_head_attention.hpp"
+#include "multihead/safetensors.hpp"
 #include "multihead/tensor.hpp"

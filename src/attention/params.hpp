@@ -60,6 +60,8 @@ struct AttentionParams {
   int64_t alibi_stride = 0;
   const float* sinks = nullptr;         // (H), element stride sinks_stride
   int64_t sinks_stride = 0;
+  float dropout_p = 0.0f;               // 0 = off
+  uint64_t dropout_seed = 0;
 
   std::vector<SequenceSpan> seqs;
 

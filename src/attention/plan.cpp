@@ -54,6 +54,8 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
     p.bias_masked_at = lowest_of(o.bias->dtype);
   }
   if (o.alibi_slopes) p.alibi_slopes = static_cast<const float*>(o.alibi_slopes->data), p.alibi_stride = o.alibi_slopes->strides[0];
+  p.dropout_p = o.dropout_p;
+  p.dropout_seed = o.dropout_seed;
   if (o.sinks) p.sinks = static_cast<const float*>(o.sinks->data), p.sinks_stride = o.sinks->strides[0];
 
   // Sequences: the diagonal is top-left only for causal top-left; bottom-right otherwise

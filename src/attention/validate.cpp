@@ -213,6 +213,8 @@ ProblemSizes validate_inputs(const TensorView& q, const TensorView& k, const Ten
     fail(ErrorKind::kInvalidArgument, "options.scale", "", "finite and non-zero", std::to_string(*o.scale));
   if (!std::isfinite(o.softcap) || o.softcap < 0.0f)
     fail(ErrorKind::kInvalidArgument, "options.softcap", "", "finite and >= 0 (0 = off)", std::to_string(o.softcap));
+  if (!(o.dropout_p >= 0.0f && o.dropout_p < 1.0f))
+    fail(ErrorKind::kInvalidArgument, "options.dropout_p", "", "in [0, 1)", std::to_string(o.dropout_p));
   if (o.window.left < -1)
     fail(ErrorKind::kInvalidArgument, "options.window", "left", ">= -1 (-1 = unbounded)", to_string(o.window.left));
   if (o.window.right < -1)

@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 
+#include "core/dropout.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead::reference {
@@ -178,6 +179,11 @@ class Problem {
   bool has_bias() const { return opt_.bias.has_value(); }
   const Broadcast& bias_map() const { return bias_; }
   bool has_sinks() const { return !sinks_.empty(); }
+  // Dropout's factor Z_ij (0 or 1/(1-p); 1 without dropout), from the contract's shared hash.
+  Acc dropout(const Segment& s, int64_t h, int64_t i, int64_t j) const {
+    if (opt_.dropout_p <= 0.0f) return Acc(1);
+    return Acc(detail::dropout_factor(opt_.dropout_seed, opt_.dropout_p, s.b, h, s.q0 + i, s.k0 + j, H, Lq, Lk));
+  }
   Acc sink(int64_t h) const { return sinks_[size_t(h)]; }
 
   // The softmax row of query i of head h over the segment's lk keys: p[j] = P_ij, and
@@ -340,7 +346,7 @@ ForwardResult forward_impl(const TensorView& q_in, const TensorView& k_in, const
       for (int64_t j = 0; j < s.lk; ++j) {
         if (!pb.varlen) r.probs[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = double(p[size_t(j)]);
         if (p[size_t(j)] == 0) continue;  // masked: v_j is never read
-        const Acc pj = round_to_dtype(p[size_t(j)], round_to);
+        const Acc pj = round_to_dtype(p[size_t(j)] * pb.dropout(s, h, i, j), round_to);
         const Acc* vj = pb.v_row(s, g, j);
         for (int64_t d = 0; d < Dv; ++d) o[size_t(d)] += pj * vj[d];
       }
@@ -385,7 +391,7 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
         std::fill(o.begin(), o.end(), Acc(0));
         for (int64_t j = 0; j < s.lk; ++j) {
           if (p[size_t(j)] == 0) continue;
-          const Acc pj = round_to_dtype(p[size_t(j)], round_to);
+          const Acc pj = round_to_dtype(p[size_t(j)] * pb.dropout(s, h, i, j), round_to);
           const Acc* vj = pb.v_row(s, g, j);
           for (int64_t d = 0; d < Dv; ++d) o[size_t(d)] += pj * vj[d];
         }
@@ -396,7 +402,8 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           const Acc pj = p[size_t(j)];
           if (pj == 0) continue;  // masked (or underflowed): dS_ij = 0
           const int64_t kj = (s.b * Hkv + g) * Lk + s.k0 + j;
-          const Acc dS = pj * (dot(doi, pb.v_row(s, g, j), Dv) - Di);
+          const Acc z = pb.dropout(s, h, i, j);  // O = (P ∘ Z) V: dP = Z (dO · v_j)
+          const Acc dS = pj * (z * dot(doi, pb.v_row(s, g, j), Dv) - Di);
           if (pb.has_bias()) ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
           Acc dSc = dS;
           if (pb.softcap() > 0) {
@@ -405,7 +412,7 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           }
           // A low-precision kernel feeds P and dS to its GEMMs in the 16-bit dtype.
           dSc = round_to_dtype(dSc, round_to);
-          const Acc pr = round_to_dtype(pj, round_to);
+          const Acc pr = round_to_dtype(pj * z, round_to);
           const Acc* kjp = pb.k_row(s, g, j);
           Acc* dkj = &dk[size_t(kj * D)];
           Acc* dvj = &dv[size_t(kj * Dv)];

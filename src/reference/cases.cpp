@@ -39,6 +39,7 @@ constexpr KindName kKindNames[] = {
     {CaseKind::kDvNeD, "dv_ne_d"},
     {CaseKind::kFullyMasked, "fully_masked"},
     {CaseKind::kBf16, "bf16"},
+    {CaseKind::kDropout, "dropout"},
     {CaseKind::kMixed, "mixed"},
 };
 
@@ -136,6 +137,7 @@ std::string Case::describe() const {
   if (varlen()) s << " varlen_q=[" << join(varlen_q) << "] varlen_k=[" << join(varlen_k) << "]";
   if (alibi) s << " alibi";
   if (softcap > 0) s << " softcap=" << softcap;
+  if (dropout_p > 0) s << " dropout=" << dropout_p;
   if (sinks) s << " sinks";
   if (layout != Layout::kContiguous) s << " layout=" << to_string(layout);
   if (empty_rows) s << " empty_rows";
@@ -172,6 +174,7 @@ std::string Case::name() const {
   if (varlen()) s << "_varlen" << varlen_q.size();
   if (alibi) s << "_alibi";
   if (softcap > 0) s << "_softcap";
+  if (dropout_p > 0) s << "_dropout";
   if (sinks) s << "_sinks";
   if (layout == Layout::kPadded) s << "_padded";
   if (layout == Layout::kHeadMajor) s << "_headmajor";
@@ -336,6 +339,8 @@ CaseInputs materialize(const Case& c) {
   o.causal = c.causal;
   o.window = c.window;
   o.softcap = c.softcap;
+  o.dropout_p = c.dropout_p;
+  o.dropout_seed = c.seed;
 
   if (c.mask != Broadcast::kNone) {
     const auto [rank, shape] = broadcast_shape(c.mask, c);
@@ -511,6 +516,7 @@ void add_mixed(Case& c, std::mt19937_64& rng) {
   if (chance(rng, 0.3)) add_dv(c, rng);
   if (chance(rng, 0.25)) c.alibi = true;
   if (chance(rng, 0.25)) add_softcap(c, rng);
+  if (chance(rng, 0.2)) c.dropout_p = pick(rng, {0.1f, 0.5f});
   if (chance(rng, 0.3)) c.sinks = true;
   if (chance(rng, 0.3)) add_strided(c, rng);
   if (chance(rng, 0.3)) c.dtype = DType::kBF16;
@@ -575,6 +581,11 @@ Case draw_case(CaseKind kind, std::mt19937_64& rng) {
         case 6: add_softcap(c, rng); break;
         default: c.sinks = true; break;
       }
+      break;
+    case CaseKind::kDropout:
+      c.dropout_p = pick(rng, {0.1f, 0.3f, 0.9f});
+      if (chance(rng, 0.5)) c.causal = draw_causal(rng);
+      if (chance(rng, 0.3)) add_gqa(c, rng);
       break;
     case CaseKind::kMixed: add_mixed(c, rng); break;
   }

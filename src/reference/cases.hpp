@@ -36,6 +36,7 @@ enum class CaseKind {
   kDvNeD,
   kFullyMasked,
   kBf16,
+  kDropout,
   kMixed,  // several options at once, randomly composed
 };
 
@@ -78,6 +79,7 @@ struct Case {
   std::vector<int64_t> varlen_q, varlen_k;
   bool alibi = false;
   float softcap = 0.0f;
+  float dropout_p = 0.0f;  // with dropout_seed = seed
   bool sinks = false;
   Layout layout = Layout::kContiguous;
   // Force some rows to have no allowed key through every masking input present:

@@ -27,6 +27,7 @@ struct BackwardScratch {
   float* dS;       // tile_q x tile_k: dP, then dS, then dS'
   float* acc_a;    // max(tile_q, tile_k) x max(D, Dv): dQ or dK
   float* acc_b;    // tile_k x Dv: dV
+  float* dropout;  // tile_q x tile_k: dropout factors Z
   float* row_stat; // tile_q x 2: lse_i, D_i
   float* row;      // max(D, Dv)
 };
@@ -46,7 +47,8 @@ BackwardScratch carve(const AttentionParams& p, float* base) {
   s.dS = s.raw + tq * tk;
   s.acc_a = s.dS + tq * tk;
   s.acc_b = s.acc_a + tmax * max_dim(p);
-  s.row_stat = s.acc_b + tk * p.Dv;
+  s.dropout = s.acc_b + tk * p.Dv;
+  s.row_stat = s.dropout + tq * tk;
   s.row = s.row_stat + 2 * tq;
   return s;
 }
@@ -70,7 +72,7 @@ void load_query_side(const AttentionParams& p, const BackwardParams& g, const fl
   }
 }
 
-// With k_t and v_t loaded for keys [j0, j0+nk): S <- P = exp(S - lse) and
+// With k_t and v_t loaded for keys [j0, j0+nk): S <- P ∘ Z = exp(S - lse) ∘ dropout and
 // dS <- dS' (the gradient w.r.t. scale·QKᵀ, through the softcap when set), and
 // bias_grad (when non-null) <- dS before the softcap's chain rule, i.e. d(bias).
 void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i0, int64_t n,
@@ -92,8 +94,16 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, int64_t 
       const float* vd = w.v_t + d * nk;
       for (int64_t c = 0; c < nk; ++c) dsrow[c] += g * vd[c];
     }
+    // dropout: O = (P ∘ Z) V, so dP = Z ∘ (dO Vᵀ), and dV below uses P ∘ Z
+    float* zrow = w.dropout + r * nk;
+    if (p.dropout_p > 0.0f) {
+      dropout_row(p, s, h, i0 + r, j0, nk, zrow);
+      for (int64_t c = 0; c < nk; ++c) dsrow[c] *= zrow[c];
+    }
     // softmax: dS = P ∘ (dP - D); exactly 0 where P is, so garbage in masked V cannot leak
     for (int64_t c = 0; c < nk; ++c) dsrow[c] = prow[c] == 0.0f ? 0.0f : prow[c] * (dsrow[c] - dsum);
+    if (p.dropout_p > 0.0f)
+      for (int64_t c = 0; c < nk; ++c) prow[c] *= zrow[c];  // S now holds P ∘ Z, for dV
     if (bias_grad) std::copy_n(dsrow, nk, bias_grad + r * nk);
     if (softcap) {
       // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
@@ -244,7 +254,7 @@ void dbias_item(const AttentionParams& p, const BackwardParams& g, const float* 
 
 int64_t backward_scratch_floats(const AttentionParams& p) {
   const int64_t tq = p.tile_q, tk = p.tile_k, tmax = std::max(tq, tk);
-  return tq * p.D + tq * p.Dv + p.D * tk + tk * p.D + p.Dv * tk + 3 * tq * tk + tmax * max_dim(p) +
+  return tq * p.D + tq * p.Dv + p.D * tk + tk * p.D + p.Dv * tk + 4 * tq * tk + tmax * max_dim(p) +
          tk * p.Dv + 2 * tq + max_dim(p) + 16;
 }
 

@@ -18,7 +18,7 @@ struct ForwardScratch {
   float* acc;     // tile_q x Dv
   float* m;       // tile_q   running max
   float* l;       // tile_q   running sum of exp(s - m)
-  float* row;     // max(D, Dv)  conversion buffer
+  float* row;     // max(D, Dv, tile_k): conversion buffer, dropout factors
 };
 
 ForwardScratch carve(const AttentionParams& p, float* base) {
@@ -67,6 +67,11 @@ void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardS
       w.m[r] = m_new;
       float* acc = w.acc + r * p.Dv;
       for (int64_t d = 0; d < p.Dv; ++d) acc[d] *= correction;
+      // Dropout acts on P·V only: l (and so lse) keeps every weight.
+      if (p.dropout_p > 0.0f) {
+        dropout_row(p, s, h, i0 + r, j0, nk, w.row);
+        for (int64_t c = 0; c < nk; ++c) srow[c] *= w.row[c];
+      }
       // acc[r, :] += P[r, c] · V[c, :]
       for (int64_t c = 0; c < nk; ++c) {
         const float pc = srow[c];
@@ -135,7 +140,7 @@ void probs_item(const AttentionParams& p, const WorkItem& item, const ForwardScr
 
 int64_t forward_scratch_floats(const AttentionParams& p) {
   return p.tile_q * p.D + p.D * p.tile_k + p.tile_k * p.Dv + p.tile_q * p.tile_k + p.tile_q * p.Dv +
-         2 * p.tile_q + std::max(p.D, p.Dv) + 16;
+         2 * p.tile_q + std::max({p.D, p.Dv, p.tile_k}) + 16;
 }
 
 void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "attention/params.hpp"
+#include "core/dropout.hpp"
 
 namespace multihead::detail {
 
@@ -157,6 +158,14 @@ inline void score_tile(const AttentionParams& p, const SequenceSpan& s, int64_t 
       if (j < range.lo || j >= range.hi) srow[c] = kNegInf;
     }
   }
+}
+
+// Dropout factors of row i (sequence-local) for keys [j0, j0 + nk): out[c] in {0, 1/(1-p)}.
+inline void dropout_row(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i, int64_t j0,
+                        int64_t nk, float* out) {
+  for (int64_t c = 0; c < nk; ++c)
+    out[c] = dropout_factor(p.dropout_seed, p.dropout_p, s.batch, h, s.q_begin + i, s.k_begin + j0 + c, p.H,
+                            p.Lq, p.Lk);
 }
 
 inline float sink_logit(const AttentionParams& p, int64_t h) {
