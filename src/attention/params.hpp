@@ -75,6 +75,9 @@ struct AttentionParams {
   // Tiling.
   int64_t tile_q = 64, tile_k = 64;
   std::vector<WorkItem> q_items;  // (seq, query head, query rows)
+  // SIMD kernels: (seq, kv head, query rows), covering the group's query heads at once.
+  int64_t group_rows = 1;             // queries per group item (group · group_rows rows)
+  std::vector<WorkItem> group_items;
   int num_threads = 1;
 };
 
@@ -95,7 +98,6 @@ struct BackwardParams {
 };
 
 // Per-thread scratch sizes in floats (the caller allocates, the kernel carves).
-int64_t forward_scratch_floats(const AttentionParams& p);
 int64_t backward_scratch_floats(const AttentionParams& p);
 
 }  // namespace multihead::detail

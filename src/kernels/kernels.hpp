@@ -7,7 +7,19 @@
 
 namespace multihead::detail {
 
+// Dispatch (kernels/cpu/dispatch.cpp): the SIMD kernels for the best target this CPU
+// runs, or the portable ones; MULTIHEAD_ISA=avx512|avx2|scalar forces a choice.
 void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
+int64_t forward_scratch_floats(const AttentionParams& p);
+
+// The two implementations behind it.
+void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
+int64_t forward_portable_scratch_floats(const AttentionParams& p);
+void flash_forward_simd(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
+int64_t forward_simd_scratch_floats(const AttentionParams& p);
+
+// The instruction set the dispatch uses: "avx512", "avx2", ... or "scalar".
+const char* active_isa();
 void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch,
                     int64_t scratch_per_thread);
 

@@ -1,4 +1,5 @@
-// Tiled forward with an online softmax (FlashAttention-2 order): for each
+// The portable forward (plain C++, the scalar twin of flash_forward_simd.cpp).
+// Tiled with an online softmax (FlashAttention-2 order): for each
 // (sequence, query head, block of query rows) and each key tile of its range,
 // S = scores, m/l running max and sum, acc += P·V; no Lq x Lk buffer.
 #include <omp.h>
@@ -138,12 +139,12 @@ void probs_item(const AttentionParams& p, const WorkItem& item, const ForwardScr
 
 }  // namespace
 
-int64_t forward_scratch_floats(const AttentionParams& p) {
+int64_t forward_portable_scratch_floats(const AttentionParams& p) {
   return p.tile_q * p.D + p.D * p.tile_k + p.tile_k * p.Dv + p.tile_q * p.tile_k + p.tile_q * p.Dv +
          2 * p.tile_q + std::max({p.D, p.Dv, p.tile_k}) + 16;
 }
 
-void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
+void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
   const int64_t count = int64_t(p.q_items.size());
 #pragma omp parallel num_threads(p.num_threads)
   {

@@ -15,6 +15,11 @@ namespace multihead::detail {
 
 inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Keys per tile of the SIMD kernels (a multiple of every target's 2 vectors).
+inline constexpr int64_t kTileK = 64;
+
+inline constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
 inline float load_float(const void* base, DType dtype, int64_t offset) {
   switch (dtype) {
     case DType::kF32: return static_cast<const float*>(base)[offset];

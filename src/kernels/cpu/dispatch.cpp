@@ -1,0 +1,62 @@
+// Chooses between the SIMD kernels (Highway's runtime dispatch picks the best compiled
+// target the CPU supports) and the portable ones. MULTIHEAD_ISA=avx512|avx2|scalar, read
+// once, forces a choice; an ISA the CPU lacks is an Unsupported error, not a crash.
+#include <hwy/highway.h>
+#include <hwy/targets.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "kernels/kernels.hpp"
+#include "multihead/error.hpp"
+
+namespace multihead::detail {
+
+namespace {
+
+struct IsaChoice {
+  bool simd = true;
+  std::string name;
+};
+
+const IsaChoice& isa_choice() {
+  static const IsaChoice choice = [] {
+    IsaChoice c;
+    const char* env = std::getenv("MULTIHEAD_ISA");
+    const std::string want = env ? env : "";
+    const int64_t supported = hwy::SupportedTargets();
+    if (want == "scalar") {
+      c.simd = false;
+      c.name = "scalar";
+      return c;
+    }
+    if (want == "avx512" || want == "avx2") {
+      const int64_t target = want == "avx512" ? HWY_AVX3 : HWY_AVX2;
+      if ((supported & target) == 0)
+        throw Error(ErrorKind::kUnsupported, "MULTIHEAD_ISA", "", "an instruction set this CPU supports", want);
+      hwy::SetSupportedTargetsForTest(target);  // dispatch now picks exactly this target
+    } else if (!want.empty()) {
+      throw Error(ErrorKind::kInvalidArgument, "MULTIHEAD_ISA", "", "avx512, avx2 or scalar", want);
+    }
+    const int64_t best = hwy::SupportedTargets() & HWY_TARGETS;
+    c.name = (best & HWY_AVX3) ? "avx512" : (best & HWY_AVX2) ? "avx2" : hwy::TargetName(best & -best);
+    return c;
+  }();
+  return choice;
+}
+
+}  // namespace
+
+const char* active_isa() { return isa_choice().name.c_str(); }
+
+void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
+  if (isa_choice().simd) flash_forward_simd(p, scratch, scratch_per_thread);
+  else flash_forward_portable(p, scratch, scratch_per_thread);
+}
+
+int64_t forward_scratch_floats(const AttentionParams& p) {
+  return isa_choice().simd ? forward_simd_scratch_floats(p) : forward_portable_scratch_floats(p);
+}
+
+}  // namespace multihead::detail

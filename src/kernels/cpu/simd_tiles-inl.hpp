@@ -1,0 +1,197 @@
+// Per-target tile primitives of the SIMD kernels (re-included once per Highway target).
+//
+// Layout: the rows of a work item (the group's query heads x a block of queries) run
+// along vectors. Scores are kept transposed, Sᵀ (kTileK keys x rows_pad), and the output
+// accumulator too, Oᵀ (dv_pad x rows_pad). Both products are then one micro-kernel:
+//   out[a, r..r+2N) (+)= Σ_x scalar(x, a) · vec[x, r..r+2N)
+// with a scalar broadcast per (x, a) and two vector loads per x:
+//   Sᵀ = K Qᵀ :  x = d over D,  scalar = K[key a, d],  vec = Qᵀ[d, rows]
+//   Oᵀ += Vᵀ Pᵀ: x = key c,     scalar = V[c, dim a],  vec = Pᵀ[c, rows]
+// and the online softmax runs down the key axis on whole row vectors, with no
+// horizontal reductions.
+#if defined(MULTIHEAD_SIMD_TILES_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef MULTIHEAD_SIMD_TILES_INL_H_
+#undef MULTIHEAD_SIMD_TILES_INL_H_
+#else
+#define MULTIHEAD_SIMD_TILES_INL_H_
+#endif
+
+#include <hwy/highway.h>
+
+#include <hwy/contrib/math/math-inl.h>
+
+#include "kernels/cpu/tile_ops.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace multihead {
+namespace detail {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using FloatTag = hn::ScalableTag<float>;
+
+// Broadcast operands per micro-kernel call: 2·kBroadcasts accumulators live in registers
+// (16 of AVX-512's 32, 8 of AVX2's 16).
+inline constexpr int64_t kBroadcasts = HWY_MAX_BYTES >= 64 ? 8 : 4;
+
+inline int64_t row_vector() { return int64_t(hn::Lanes(FloatTag())); }
+
+// Sizes of one item's tiles.
+struct TileShape {
+  int64_t rows = 0;      // group · rows per item
+  int64_t rows_pad = 0;  // rounded up to 2 vectors
+  int64_t dv_pad = 0;    // Dv rounded up to kBroadcasts
+  int64_t d_pad = 0;     // D rounded up to kBroadcasts (for dQ-style products)
+};
+
+inline TileShape tile_shape(const AttentionParams& p) {
+  TileShape t;
+  t.rows = p.group * p.group_rows;
+  t.rows_pad = round_up(t.rows, 2 * row_vector());
+  t.dv_pad = round_up(p.Dv, kBroadcasts);
+  t.d_pad = round_up(p.D, kBroadcasts);
+  return t;
+}
+
+// out[a, :] (+)= Σ_x sc[a·sa + x·sx] · vec[x·vstride + :] for A values of a and 2 vectors.
+template <int A>
+HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
+                            int64_t sa, int64_t sx, int64_t X, float* HWY_RESTRICT out, int64_t out_stride,
+                            bool accumulate) {
+  const FloatTag d;
+  const size_t N = hn::Lanes(d);
+  using V = hn::Vec<FloatTag>;
+  V acc0[A], acc1[A];
+  for (int a = 0; a < A; ++a) {
+    acc0[a] = accumulate ? hn::Load(d, out + a * out_stride) : hn::Zero(d);
+    acc1[a] = accumulate ? hn::Load(d, out + a * out_stride + N) : hn::Zero(d);
+  }
+  for (int64_t x = 0; x < X; ++x) {
+    const V v0 = hn::Load(d, vec + x * vstride);
+    const V v1 = hn::Load(d, vec + x * vstride + N);
+    const float* s = sc + x * sx;
+    for (int a = 0; a < A; ++a) {
+      const V b = hn::Set(d, s[a * sa]);
+      acc0[a] = hn::MulAdd(b, v0, acc0[a]);
+      acc1[a] = hn::MulAdd(b, v1, acc1[a]);
+    }
+  }
+  for (int a = 0; a < A; ++a) {
+    hn::Store(acc0[a], d, out + a * out_stride);
+    hn::Store(acc1[a], d, out + a * out_stride + N);
+  }
+}
+
+// out (count x rows_pad) (+)= the product over x for a in [0, count), count % kBroadcasts == 0.
+HWY_INLINE void outer_product(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
+                              int64_t sa, int64_t sx, int64_t X, int64_t count, int64_t rows_pad,
+                              float* HWY_RESTRICT out, bool accumulate) {
+  const int64_t step = 2 * row_vector();
+  for (int64_t r0 = 0; r0 < rows_pad; r0 += step)
+    for (int64_t a0 = 0; a0 < count; a0 += kBroadcasts)
+      outer_micro<kBroadcasts>(vec + r0, vstride, sc + a0 * sa, sa, sx, X, out + a0 * rows_pad + r0, rows_pad,
+                               accumulate);
+}
+
+// Qᵀ (D x rows_pad): row r = (head hkv·group + r / n, query i0 + r % n), times scale;
+// padded rows are zero.
+inline void pack_queries_t(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
+                           const TileShape& t, float* row, float* q_t) {
+  std::fill_n(q_t, p.D * t.rows_pad, 0.0f);
+  for (int64_t r = 0; r < p.group * n; ++r) {
+    const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
+    load_row(p.q.data, p.q.dtype, s.batch * p.q.stride_b + (s.q_begin + i) * p.q.stride_l + h * p.q.stride_h,
+             p.D, row);
+    for (int64_t d = 0; d < p.D; ++d) q_t[d * t.rows_pad + r] = row[d] * p.scale;
+  }
+}
+
+// Rows [j0, j0 + nk) of k or v (kv head hkv) as f32, row stride `stride`, zero beyond
+// nk up to kTileK rows and beyond dim up to stride columns.
+inline void pack_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
+                      int64_t dim, int64_t stride, float* out) {
+  for (int64_t c = 0; c < nk; ++c) {
+    float* dst = out + c * stride;
+    load_row(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h, dim,
+             dst);
+    std::fill(dst + dim, dst + stride, 0.0f);
+  }
+  std::fill(out + nk * stride, out + kTileK * stride, 0.0f);
+}
+
+// Sᵀ (kTileK x rows_pad) = K Qᵀ for a packed K tile (kTileK x D).
+inline void scores_t(const float* q_t, const float* k_rows, int64_t D, const TileShape& t, float* s_t) {
+  outer_product(q_t, t.rows_pad, k_rows, D, 1, D, kTileK, t.rows_pad, s_t, false);
+}
+
+// Softcap, bias, ALiBi and every mask on column `r` of Sᵀ (query i of head h) for keys
+// [j0, j0 + kTileK); keys past nk (tile padding) become -inf.
+inline void modify_scores_column(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i,
+                                 int64_t j0, int64_t nk, float* s_col, int64_t rows_pad) {
+  const KeyRange range = key_range(p, s, i);
+  if (p.softcap > 0.0f) {
+    const float inv = 1.0f / p.softcap;
+    for (int64_t c = 0; c < nk; ++c) s_col[c * rows_pad] = p.softcap * std::tanh(s_col[c * rows_pad] * inv);
+  }
+  if (p.bias.data) {
+    const int64_t base = s.batch * p.bias.stride_b + h * p.bias.stride_h + i * p.bias.stride_i;
+    for (int64_t c = 0; c < nk; ++c) {
+      const float b = load_float(p.bias.data, p.bias.dtype, base + (j0 + c) * p.bias.stride_j);
+      float& x = s_col[c * rows_pad];
+      x = b <= p.bias_masked_at ? kNegInf : x + b;
+    }
+  }
+  if (p.alibi_slopes) {
+    const float slope = p.alibi_slopes[h * p.alibi_stride];
+    const int64_t diag = i + s.kv_offset;
+    for (int64_t c = 0; c < nk; ++c) s_col[c * rows_pad] -= slope * float(std::llabs(j0 + c - diag));
+  }
+  if (p.mask.data) {
+    const bool* m = static_cast<const bool*>(p.mask.data) + s.batch * p.mask.stride_b + h * p.mask.stride_h +
+                    i * p.mask.stride_i;
+    for (int64_t c = 0; c < nk; ++c)
+      if (!m[(j0 + c) * p.mask.stride_j]) s_col[c * rows_pad] = kNegInf;
+  }
+  const int64_t lo = std::clamp<int64_t>(range.lo - j0, 0, nk), hi = std::clamp<int64_t>(range.hi - j0, lo, nk);
+  for (int64_t c = 0; c < lo; ++c) s_col[c * rows_pad] = kNegInf;
+  for (int64_t c = hi; c < kTileK; ++c) s_col[c * rows_pad] = kNegInf;
+}
+
+// True when no column of the tile needs more than the scale (no softcap, bias, ALiBi,
+// mask) and every row sees every key [j0, j0 + kTileK): the common interior tile.
+inline bool tile_is_plain(const AttentionParams& p, const SequenceSpan& s, int64_t i0, int64_t n, int64_t j0,
+                          int64_t nk) {
+  if (nk != kTileK || p.softcap > 0.0f || p.bias.data || p.alibi_slopes || p.mask.data) return false;
+  const KeyRange first = key_range(p, s, i0), last = key_range(p, s, i0 + n - 1);
+  return last.lo <= j0 && first.hi >= j0 + kTileK;
+}
+
+// Modifies every Sᵀ column of an item (group·n rows); padded rows become -inf.
+inline void modify_scores(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
+                          int64_t j0, int64_t nk, const TileShape& t, float* s_t) {
+  const int64_t rows = p.group * n;
+  if (!tile_is_plain(p, s, i0, n, j0, nk))
+    for (int64_t r = 0; r < rows; ++r)
+      modify_scores_column(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, s_t + r, t.rows_pad);
+  for (int64_t c = 0; c < kTileK; ++c) std::fill(s_t + c * t.rows_pad + rows, s_t + (c + 1) * t.rows_pad, kNegInf);
+}
+
+// With a mask or bias, a key inside the tile may be masked for every row; its V row
+// is then zeroed so garbage there (NaN, inf) cannot reach the output through 0 · v.
+inline void zero_unattended_values(const float* p_t, int64_t nk, const TileShape& t, float* v_rows, int64_t stride) {
+  const FloatTag d;
+  const int64_t N = row_vector();
+  for (int64_t c = 0; c < nk; ++c) {
+    auto any = hn::Zero(d);
+    for (int64_t r = 0; r < t.rows_pad; r += N) any = hn::Or(any, hn::Load(d, p_t + c * t.rows_pad + r));
+    if (hn::AllTrue(d, hn::Eq(any, hn::Zero(d)))) std::fill_n(v_rows + c * stride, stride, 0.0f);
+  }
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace detail
+}  // namespace multihead
+HWY_AFTER_NAMESPACE();
+
+#endif  // MULTIHEAD_SIMD_TILES_INL_H_
