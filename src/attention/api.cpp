@@ -46,9 +46,10 @@ void attention_backward(const TensorView& dout, const TensorView& q, const Tenso
   // The forward's params read out and lse (never written in the backward).
   const AttentionParams p = detail::plan_forward(sizes, q, k, v, ForwardOutputs{out, lse, std::nullopt}, options);
   const detail::BackwardParams g = detail::plan_backward(p, dout, grads, options);
-  const int64_t per_thread = aligned_floats(detail::backward_scratch_floats(p));
-  // Per-thread tiles, then D = rowsum(dO ∘ O) as a (B, H, Lq) block.
-  detail::flash_backward(p, g, workspace(per_thread * p.num_threads + p.B * p.H * p.Lq), per_thread);
+  int64_t per_thread = 0, shared = 0;
+  detail::backward_scratch_floats(p, g, &per_thread, &shared);
+  per_thread = aligned_floats(per_thread);
+  detail::flash_backward(p, g, workspace(per_thread * p.num_threads + shared), per_thread);
 }
 
 AttentionResult attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,

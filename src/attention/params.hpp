@@ -78,6 +78,7 @@ struct AttentionParams {
   // SIMD kernels: (seq, kv head, query rows), covering the group's query heads at once.
   int64_t group_rows = 1;             // queries per group item (group · group_rows rows)
   std::vector<WorkItem> group_items;
+  std::vector<int64_t> group_item_first;  // per sequence: index of its first group item
   int num_threads = 1;
 };
 
@@ -97,7 +98,5 @@ struct BackwardParams {
   std::vector<WorkItem> bias_items;
 };
 
-// Per-thread scratch sizes in floats (the caller allocates, the kernel carves).
-int64_t backward_scratch_floats(const AttentionParams& p);
 
 }  // namespace multihead::detail

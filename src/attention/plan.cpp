@@ -97,11 +97,13 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
         p.q_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + p.tile_q, p.seqs[size_t(b)].q_len)});
   // Group items carry ~kTileQ rows in all: the group's heads times group_rows queries.
   p.group_rows = std::max<int64_t>(1, kTileQ / p.group);
-  for (int64_t b = 0; b < s.num_seqs; ++b)
+  for (int64_t b = 0; b < s.num_seqs; ++b) {
+    p.group_item_first.push_back(int64_t(p.group_items.size()));
     for (int64_t h = 0; h < s.Hkv; ++h)
       for (int64_t i0 = 0; i0 < p.seqs[size_t(b)].q_len; i0 += p.group_rows)
         p.group_items.push_back(
             {int32_t(b), int32_t(h), i0, std::min(i0 + p.group_rows, p.seqs[size_t(b)].q_len)});
+  }
   p.num_threads = get_num_threads();
   return p;
 }

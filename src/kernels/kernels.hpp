@@ -20,7 +20,17 @@ int64_t forward_simd_scratch_floats(const AttentionParams& p);
 
 // The instruction set the dispatch uses: "avx512", "avx2", ... or "scalar".
 const char* active_isa();
+// Backward scratch: per_thread floats for each thread, then shared floats after them.
 void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch,
                     int64_t scratch_per_thread);
+void backward_scratch_floats(const AttentionParams& p, const BackwardParams& g, int64_t* per_thread,
+                             int64_t* shared);
+
+void flash_backward_portable(const AttentionParams& p, const BackwardParams& g, float* scratch,
+                             int64_t scratch_per_thread);
+int64_t backward_portable_scratch_floats(const AttentionParams& p);  // shared: B·H·Lq
+void flash_backward_simd(const AttentionParams& p, const BackwardParams& g, float* scratch,
+                         int64_t scratch_per_thread);
+void backward_simd_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared);
 
 }  // namespace multihead::detail

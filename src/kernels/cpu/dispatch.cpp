@@ -59,4 +59,20 @@ int64_t forward_scratch_floats(const AttentionParams& p) {
   return isa_choice().simd ? forward_simd_scratch_floats(p) : forward_portable_scratch_floats(p);
 }
 
+// dbias has its own pass in the portable backward only: a call that asks for it runs there.
+void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch, int64_t scratch_per_thread) {
+  if (isa_choice().simd && !g.dbias) flash_backward_simd(p, g, scratch, scratch_per_thread);
+  else flash_backward_portable(p, g, scratch, scratch_per_thread);
+}
+
+void backward_scratch_floats(const AttentionParams& p, const BackwardParams& g, int64_t* per_thread,
+                             int64_t* shared) {
+  if (isa_choice().simd && !g.dbias) {
+    backward_simd_scratch_floats(p, per_thread, shared);
+  } else {
+    *per_thread = backward_portable_scratch_floats(p);
+    *shared = p.B * p.H * p.Lq;
+  }
+}
+
 }  // namespace multihead::detail

@@ -1,4 +1,5 @@
-// Tiled backward (FlashAttention-2 recompute, no Lq x Lk buffer), in passes that
+// The portable backward (plain C++; the SIMD one is flash_backward_simd.cpp).
+// Tiled (FlashAttention-2 recompute, no Lq x Lk buffer), in passes that
 // each own their outputs, so no atomics and the same bits for any thread count:
 //   1. D_i = rowsum(dO ∘ O)                       per (sequence, query head, rows)
 //   2. dK, dV                                     per (sequence, kv head, key rows),
@@ -252,14 +253,14 @@ void dbias_item(const AttentionParams& p, const BackwardParams& g, const float* 
 
 }  // namespace
 
-int64_t backward_scratch_floats(const AttentionParams& p) {
+int64_t backward_portable_scratch_floats(const AttentionParams& p) {
   const int64_t tq = p.tile_q, tk = p.tile_k, tmax = std::max(tq, tk);
   return tq * p.D + tq * p.Dv + p.D * tk + tk * p.D + p.Dv * tk + 4 * tq * tk + tmax * max_dim(p) +
          tk * p.Dv + 2 * tq + max_dim(p) + 16;
 }
 
-void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch,
-                    int64_t scratch_per_thread) {
+void flash_backward_portable(const AttentionParams& p, const BackwardParams& g, float* scratch,
+                             int64_t scratch_per_thread) {
   // Pass 1 needs a (B, H, Lq) buffer for D; it sits after the per-thread scratch.
   float* dsum = scratch + int64_t(p.num_threads) * scratch_per_thread;
   const int64_t nq = int64_t(p.q_items.size()), nkv = int64_t(g.kv_items.size());

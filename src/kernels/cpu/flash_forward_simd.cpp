@@ -103,7 +103,7 @@ void forward_item(const AttentionParams& p, const TileShape& t, const WorkItem& 
     const int64_t nk = std::min(kTileK, j_end - j0);
     pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
     pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_pad, w.v);
-    scores_t(w.q_t, w.k, p.D, t, w.s_t);
+    scores_t(w.q_t, w.k, p.D, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_update(t, w.s_t, w.m, w.l, w.corr);
     rescale_output(t, w.corr, w.o_t);
@@ -112,7 +112,7 @@ void forward_item(const AttentionParams& p, const TileShape& t, const WorkItem& 
         dropout_row(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, w.row);
         for (int64_t c = 0; c < nk; ++c) w.s_t[c * t.rows_pad + r] *= w.row[c];
       }
-    if (p.mask.data || p.bias.data) zero_unattended_values(w.s_t, nk, t, w.v, t.dv_pad);
+    if (p.mask.data || p.bias.data) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_pad);
     // Oᵀ += Vᵀ Pᵀ
     outer_product(w.s_t, t.rows_pad, w.v, 1, t.dv_pad, nk, t.dv_pad, t.rows_pad, w.o_t, true);
   }
@@ -149,7 +149,7 @@ void forward_item(const AttentionParams& p, const TileShape& t, const WorkItem& 
     const int64_t nk = std::min(kTileK, p.Lk - j0);
     const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
     pack_rows(p.k, s, hkv, j0, nk_valid, p.D, p.D, w.k);
-    scores_t(w.q_t, w.k, p.D, t, w.s_t);
+    scores_t(w.q_t, w.k, p.D, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk_valid, t, w.s_t);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t h = hkv * p.group + r / n, i = i0 + r % n;

@@ -41,7 +41,8 @@ struct TileShape {
   int64_t rows = 0;      // group · rows per item
   int64_t rows_pad = 0;  // rounded up to 2 vectors
   int64_t dv_pad = 0;    // Dv rounded up to kBroadcasts
-  int64_t d_pad = 0;     // D rounded up to kBroadcasts (for dQ-style products)
+  int64_t d_vec = 0;     // D rounded up to 2 vectors (D along vectors: dQ, dK)
+  int64_t dv_vec = 0;    // Dv rounded up to 2 vectors (Dv along vectors: dV)
 };
 
 inline TileShape tile_shape(const AttentionParams& p) {
@@ -49,7 +50,8 @@ inline TileShape tile_shape(const AttentionParams& p) {
   t.rows = p.group * p.group_rows;
   t.rows_pad = round_up(t.rows, 2 * row_vector());
   t.dv_pad = round_up(p.Dv, kBroadcasts);
-  t.d_pad = round_up(p.D, kBroadcasts);
+  t.d_vec = round_up(p.D, 2 * row_vector());
+  t.dv_vec = round_up(p.Dv, 2 * row_vector());
   return t;
 }
 
@@ -82,28 +84,50 @@ HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, cons
   }
 }
 
-// out (count x rows_pad) (+)= the product over x for a in [0, count), count % kBroadcasts == 0.
+// out (count x width) (+)= Σ_x sc(x, a) · vec[x, :] for a in [0, count): count is a multiple
+// of kBroadcasts, width (the vector axis, also out's row stride) of 2 vectors.
 HWY_INLINE void outer_product(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
-                              int64_t sa, int64_t sx, int64_t X, int64_t count, int64_t rows_pad,
+                              int64_t sa, int64_t sx, int64_t X, int64_t count, int64_t width,
                               float* HWY_RESTRICT out, bool accumulate) {
   const int64_t step = 2 * row_vector();
-  for (int64_t r0 = 0; r0 < rows_pad; r0 += step)
+  for (int64_t r0 = 0; r0 < width; r0 += step)
     for (int64_t a0 = 0; a0 < count; a0 += kBroadcasts)
-      outer_micro<kBroadcasts>(vec + r0, vstride, sc + a0 * sa, sa, sx, X, out + a0 * rows_pad + r0, rows_pad,
+      outer_micro<kBroadcasts>(vec + r0, vstride, sc + a0 * sa, sa, sx, X, out + a0 * width + r0, width,
                                accumulate);
 }
 
-// Qᵀ (D x rows_pad): row r = (head hkv·group + r / n, query i0 + r % n), times scale;
-// padded rows are zero.
+// The rows of an item: row r = (query head hkv·group + r / n, query i0 + r % n) of a
+// (B, Lq, H, dim) activation (q, dout, out).
+inline int64_t item_row_offset(const Activation& a, const AttentionParams& p, const SequenceSpan& s, int64_t hkv,
+                               int64_t i0, int64_t n, int64_t r) {
+  const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
+  return s.batch * a.stride_b + (s.q_begin + i) * a.stride_l + h * a.stride_h;
+}
+
+// Transposed: out (dim x rows_pad) times mul; padded rows are zero.
+inline void pack_item_rows_t(const Activation& a, int64_t dim, float mul, const AttentionParams& p,
+                             const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n, const TileShape& t,
+                             float* row, float* out) {
+  std::fill_n(out, dim * t.rows_pad, 0.0f);
+  for (int64_t r = 0; r < p.group * n; ++r) {
+    load_row(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, row);
+    for (int64_t d = 0; d < dim; ++d) out[d * t.rows_pad + r] = row[d] * mul;
+  }
+}
+
+// Row-major: out (rows_pad x stride), zero-padded.
+inline void pack_item_rows(const Activation& a, int64_t dim, int64_t stride, const AttentionParams& p,
+                           const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n, const TileShape& t,
+                           float* out) {
+  std::fill_n(out, t.rows_pad * stride, 0.0f);
+  for (int64_t r = 0; r < p.group * n; ++r)
+    load_row(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, out + r * stride);
+}
+
+// Qᵀ (D x rows_pad), times scale.
 inline void pack_queries_t(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
                            const TileShape& t, float* row, float* q_t) {
-  std::fill_n(q_t, p.D * t.rows_pad, 0.0f);
-  for (int64_t r = 0; r < p.group * n; ++r) {
-    const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
-    load_row(p.q.data, p.q.dtype, s.batch * p.q.stride_b + (s.q_begin + i) * p.q.stride_l + h * p.q.stride_h,
-             p.D, row);
-    for (int64_t d = 0; d < p.D; ++d) q_t[d * t.rows_pad + r] = row[d] * p.scale;
-  }
+  pack_item_rows_t(p.q, p.D, p.scale, p, s, hkv, i0, n, t, row, q_t);
 }
 
 // Rows [j0, j0 + nk) of k or v (kv head hkv) as f32, row stride `stride`, zero beyond
@@ -119,9 +143,10 @@ inline void pack_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, i
   std::fill(out + nk * stride, out + kTileK * stride, 0.0f);
 }
 
-// Sᵀ (kTileK x rows_pad) = K Qᵀ for a packed K tile (kTileK x D).
-inline void scores_t(const float* q_t, const float* k_rows, int64_t D, const TileShape& t, float* s_t) {
-  outer_product(q_t, t.rows_pad, k_rows, D, 1, D, kTileK, t.rows_pad, s_t, false);
+// Sᵀ (kTileK x rows_pad) = K Qᵀ for a packed K tile (kTileK rows of stride k_stride >= D).
+inline void scores_t(const float* q_t, const float* k_rows, int64_t k_stride, int64_t D, const TileShape& t,
+                     float* s_t) {
+  outer_product(q_t, t.rows_pad, k_rows, k_stride, 1, D, kTileK, t.rows_pad, s_t, false);
 }
 
 // Softcap, bias, ALiBi and every mask on column `r` of Sᵀ (query i of head h) for keys
@@ -176,9 +201,10 @@ inline void modify_scores(const AttentionParams& p, const SequenceSpan& s, int64
   for (int64_t c = 0; c < kTileK; ++c) std::fill(s_t + c * t.rows_pad + rows, s_t + (c + 1) * t.rows_pad, kNegInf);
 }
 
-// With a mask or bias, a key inside the tile may be masked for every row; its V row
-// is then zeroed so garbage there (NaN, inf) cannot reach the output through 0 · v.
-inline void zero_unattended_values(const float* p_t, int64_t nk, const TileShape& t, float* v_rows, int64_t stride) {
+// With a mask or bias, a key inside the tile may be masked for every row; its K or V row
+// is then zeroed so garbage there (NaN, inf) cannot reach a result through 0 · x. A key
+// is unattended when its column of weights (P in the forward, dS in the backward) is 0.
+inline void zero_unattended_rows(const float* p_t, int64_t nk, const TileShape& t, float* v_rows, int64_t stride) {
   const FloatTag d;
   const int64_t N = row_vector();
   for (int64_t c = 0; c < nk; ++c) {

@@ -1,0 +1,291 @@
+// SIMD backward (Highway). The portable backward's passes (flash_backward.cpp), on the
+// transposed tiles of the SIMD forward, each pass owning its outputs (no atomics; the
+// same bits for any thread count):
+//   0. per group item: pack Qᵀ, Q, dOᵀ, dO, lse and D = rowsum(dO ∘ O) once
+//   1. per (sequence, kv head, key block): dK, dV over the query blocks that see the keys
+//   2. per group item: dQ over its key range
+// All five products use the one outer-product micro-kernel of simd_tiles-inl.hpp:
+//   Sᵀ = K Qᵀ,  dPᵀ = V dOᵀ,  dV += Pᵀ dO,  dK += dSᵀ Q,  dQ += dS K.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/flash_backward_simd.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include <omp.h>
+
+#include "kernels/cpu/simd_tiles-inl.hpp"
+#include "kernels/kernels.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace multihead {
+namespace detail {
+namespace HWY_NAMESPACE {
+
+namespace {
+
+// A group item's packed query side (pass 0), in the shared scratch.
+struct QuerySide {
+  float* q_t;      // D x rows_pad       Qᵀ · scale
+  float* q;        // rows_pad x d_vec   Q
+  float* do_t;     // Dv x rows_pad      dOᵀ
+  float* dout;     // rows_pad x dv_vec  dO
+  float* lse;      // rows_pad           -inf on padded rows
+  float* dsum;     // rows_pad           D = rowsum(dO ∘ O)
+};
+
+int64_t query_side_floats(const AttentionParams& p, const TileShape& t) {
+  return round_up(p.D * t.rows_pad, 16) + t.rows_pad * t.d_vec + round_up(p.Dv * t.rows_pad, 16) +
+         t.rows_pad * t.dv_vec + 2 * round_up(t.rows_pad, 16);
+}
+
+QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared, int64_t item) {
+  float* at = shared + item * query_side_floats(p, t);
+  auto take = [&](int64_t n) {
+    float* r = at;
+    at += round_up(n, 16);
+    return r;
+  };
+  QuerySide q;
+  q.q_t = take(p.D * t.rows_pad);
+  q.q = take(t.rows_pad * t.d_vec);
+  q.do_t = take(p.Dv * t.rows_pad);
+  q.dout = take(t.rows_pad * t.dv_vec);
+  q.lse = take(t.rows_pad);
+  q.dsum = take(t.rows_pad);
+  return q;
+}
+
+// One thread's tiles.
+struct BackwardTiles {
+  float* k;      // kTileK x d_vec      K rows
+  float* v;      // kTileK x Dv         V rows
+  float* s_t;    // kTileK x rows_pad   Sᵀ, then Pᵀ (∘ Z with dropout)
+  float* raw_t;  // kTileK x rows_pad   Sᵀ before the softcap
+  float* dp_t;   // kTileK x rows_pad   dPᵀ, then dSᵀ
+  float* dk;     // kTileK x d_vec
+  float* dv;     // kTileK x dv_vec
+  float* dq;     // rows_pad x d_vec
+  float* row;    // max(D, Dv, kTileK)
+};
+
+template <class Take>
+BackwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
+  BackwardTiles w;
+  w.k = take(kTileK * t.d_vec);
+  w.v = take(kTileK * p.Dv);
+  w.s_t = take(kTileK * t.rows_pad);
+  w.raw_t = take(kTileK * t.rows_pad);
+  w.dp_t = take(kTileK * t.rows_pad);
+  w.dk = take(kTileK * t.d_vec);
+  w.dv = take(kTileK * t.dv_vec);
+  w.dq = take(t.rows_pad * t.d_vec);
+  w.row = take(std::max({p.D, p.Dv, kTileK}));
+  return w;
+}
+
+void pack_query_side(const AttentionParams& p, const BackwardParams& g, const TileShape& t, const WorkItem& item,
+                     const QuerySide& qs, float* row) {
+  const SequenceSpan& s = p.seqs[size_t(item.seq)];
+  const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
+  pack_item_rows_t(p.q, p.D, p.scale, p, s, hkv, i0, n, t, row, qs.q_t);
+  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, t, qs.q);
+  pack_item_rows_t(g.dout, p.Dv, 1.0f, p, s, hkv, i0, n, t, row, qs.do_t);
+  pack_item_rows(g.dout, p.Dv, t.dv_vec, p, s, hkv, i0, n, t, qs.dout);
+  std::fill_n(qs.lse, t.rows_pad, kNegInf);
+  std::fill_n(qs.dsum, t.rows_pad, 0.0f);
+  for (int64_t r = 0; r < p.group * n; ++r) {
+    qs.lse[r] = *lse_ptr(p, s, hkv * p.group + r / n, i0 + r % n);
+    // D = dO · O as fused multiply-adds in the order the micro-kernel sums dP = dO · v,
+    // so dP - D cancels exactly where P is one-hot (O = v).
+    load_row(p.out.data, p.out.dtype, item_row_offset(p.out, p, s, hkv, i0, n, r), p.Dv, row);
+    const float* dor = qs.dout + r * t.dv_vec;
+    float sum = 0.0f;
+    for (int64_t d = 0; d < p.Dv; ++d) sum = std::fma(row[d], dor[d], sum);
+    qs.dsum[r] = sum;
+  }
+}
+
+// For keys [j0, j0 + nk) (K, V packed in w) and a packed query block: Sᵀ <- Pᵀ (∘ Z) and
+// dpᵀ <- dS'ᵀ, the gradient w.r.t. scale·QKᵀ (through the softcap when set).
+void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv,
+                       int64_t i0, int64_t n, int64_t j0, int64_t nk, const QuerySide& qs,
+                       const BackwardTiles& w) {
+  const FloatTag d;
+  const int64_t N = row_vector();
+  const bool softcap = p.softcap > 0.0f;
+  // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
+  scores_t(qs.q_t, w.k, t.d_vec, p.D, t, w.s_t);
+  if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
+  modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
+  // forward: O = P V, so dPᵀ = V dOᵀ
+  outer_product(qs.do_t, t.rows_pad, w.v, p.Dv, 1, p.Dv, kTileK, t.rows_pad, w.dp_t, false);
+  const auto neg_inf = hn::Set(d, kNegInf);
+  for (int64_t r = 0; r < t.rows_pad; r += N) {
+    const auto lse = hn::Load(d, qs.lse + r);
+    const auto lse_safe = hn::IfThenZeroElse(hn::Eq(lse, neg_inf), lse);
+    const auto dsum = hn::Load(d, qs.dsum + r);
+    for (int64_t c = 0; c < kTileK; ++c) {
+      float* sp = w.s_t + c * t.rows_pad + r;
+      float* dp = w.dp_t + c * t.rows_pad + r;
+      const auto x = hn::Load(d, sp);
+      const auto prob = hn::IfThenElseZero(hn::Ne(x, neg_inf), hn::Exp(d, hn::Sub(x, lse_safe)));
+      hn::Store(prob, d, sp);
+      if (p.dropout_p > 0.0f) continue;  // dS needs Z first: done below
+      // softmax: dS = P ∘ (dP - D), exactly 0 where P is (garbage in masked V cannot leak)
+      const auto ds = hn::Mul(prob, hn::Sub(hn::Load(d, dp), dsum));
+      hn::Store(hn::IfThenElseZero(hn::Ne(prob, hn::Zero(d)), ds), d, dp);
+    }
+  }
+  if (p.dropout_p > 0.0f) {
+    // dropout: O = (P ∘ Z) V, so dP = Z ∘ (dO Vᵀ) and dV uses P ∘ Z
+    for (int64_t r = 0; r < p.group * n; ++r) {
+      dropout_row(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, w.row);
+      for (int64_t c = 0; c < kTileK; ++c) {
+        float& prob = w.s_t[c * t.rows_pad + r];
+        float& dp = w.dp_t[c * t.rows_pad + r];
+        const float z = c < nk ? w.row[c] : 0.0f;
+        dp = prob == 0.0f ? 0.0f : prob * (z * dp - qs.dsum[r]);
+        prob *= z;
+      }
+    }
+    for (int64_t r = p.group * n; r < t.rows_pad; ++r)
+      for (int64_t c = 0; c < kTileK; ++c) w.dp_t[c * t.rows_pad + r] = 0.0f;
+  }
+  if (softcap) {
+    // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
+    const float inv = 1.0f / p.softcap;
+    for (int64_t e = 0; e < kTileK * t.rows_pad; ++e) {
+      const float th = std::tanh(w.raw_t[e] * inv);
+      w.dp_t[e] *= 1.0f - th * th;
+    }
+  }
+}
+
+void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared,
+                const WorkItem& item, const BackwardTiles& w) {
+  const SequenceSpan& s = p.seqs[size_t(item.seq)];
+  const int64_t hkv = item.head, j0 = item.begin, n_out = item.end - item.begin;
+  // Keys past k_len (key padding) are never attended: their gradients are zero.
+  const int64_t nk = std::clamp<int64_t>(s.k_len - j0, 0, n_out);
+  std::fill_n(w.dk, kTileK * t.d_vec, 0.0f);
+  std::fill_n(w.dv, kTileK * t.dv_vec, 0.0f);
+  if (nk > 0) {
+    pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+    pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
+    const KeyRange rows = query_range(p, s, j0, j0 + nk);
+    const int64_t first_block = rows.lo / p.group_rows;
+    const int64_t end_block = (rows.hi + p.group_rows - 1) / p.group_rows;
+    const int64_t nblocks = (s.q_len + p.group_rows - 1) / p.group_rows;
+    for (int64_t blk = first_block; blk < end_block; ++blk) {
+      const int64_t i0 = blk * p.group_rows, n = std::min(p.group_rows, s.q_len - i0);
+      const QuerySide qs = query_side(p, t, shared, p.group_item_first[size_t(item.seq)] + hkv * nblocks + blk);
+      probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, qs, w);
+      const int64_t rows_n = p.group * n;
+      // dV += Pᵀ dO ;  dK += dSᵀ Q   (scale applied once at the end)
+      outer_product(qs.dout, t.dv_vec, w.s_t, t.rows_pad, 1, rows_n, kTileK, t.dv_vec, w.dv, true);
+      outer_product(qs.q, t.d_vec, w.dp_t, t.rows_pad, 1, rows_n, kTileK, t.d_vec, w.dk, true);
+    }
+  }
+  for (int64_t c = 0; c < n_out; ++c) {
+    const int64_t j = s.k_begin + j0 + c;
+    store_row(g.dk.data, g.dk.dtype, s.batch * g.dk.stride_b + j * g.dk.stride_l + hkv * g.dk.stride_h, p.D,
+              w.dk + c * t.d_vec, p.scale);
+    store_row(g.dv.data, g.dv.dtype, s.batch * g.dv.stride_b + j * g.dv.stride_l + hkv * g.dv.stride_h, p.Dv,
+              w.dv + c * t.dv_vec, 1.0f);
+  }
+}
+
+void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared, int64_t index,
+             const BackwardTiles& w) {
+  const WorkItem& item = p.group_items[size_t(index)];
+  const SequenceSpan& s = p.seqs[size_t(item.seq)];
+  const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
+  const QuerySide qs = query_side(p, t, shared, index);
+  std::fill_n(w.dq, t.rows_pad * t.d_vec, 0.0f);
+  const int64_t j_begin = key_range(p, s, i0).lo, j_end = key_range(p, s, i0 + n - 1).hi;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
+    const int64_t nk = std::min(kTileK, j_end - j0);
+    pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+    pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
+    probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, qs, w);
+    if (p.mask.data || p.bias.data) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
+    // dQ += dS K   (scale applied once at the end)
+    outer_product(w.k, t.d_vec, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
+  }
+  for (int64_t r = 0; r < p.group * n; ++r)
+    store_row(g.dq.data, g.dq.dtype, item_row_offset(g.dq, p, s, hkv, i0, n, r), p.D, w.dq + r * t.d_vec, p.scale);
+}
+
+}  // namespace
+
+void BackwardSimdScratchFloats(const AttentionParams& p, int64_t* per_thread, int64_t* shared) {
+  const TileShape t = tile_shape(p);
+  int64_t total = 0;
+  carve(p, t, [&](int64_t n) {
+    total += round_up(n, 16);
+    return nullptr;
+  });
+  *per_thread = total;
+  *shared = int64_t(p.group_items.size()) * query_side_floats(p, t);
+}
+
+void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float* scratch,
+                       int64_t scratch_per_thread) {
+  const TileShape t = tile_shape(p);
+  float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
+  const int64_t nq = int64_t(p.group_items.size()), nkv = int64_t(g.kv_items.size());
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    float* at = scratch + omp_get_thread_num() * scratch_per_thread;
+    const BackwardTiles w = carve(p, t, [&](int64_t n) {
+      float* r = at;
+      at += round_up(n, 16);
+      return r;
+    });
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < nq; ++it)
+      pack_query_side(p, g, t, p.group_items[size_t(it)], query_side(p, t, shared, it), w.row);
+    // (implicit barrier: every query side is packed)
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t it = 0; it < nkv; ++it) dk_dv_item(p, g, t, shared, g.kv_items[size_t(it)], w);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < nq; ++it) dq_item(p, g, t, shared, it, w);
+  }
+  // dsink_h = -Σ_{b,i} exp(sink_h - lse_i) · D_i, in a fixed order.
+  if (g.dsinks) {
+    for (int64_t h = 0; h < p.H; ++h) {
+      const float sink = sink_logit(p, h);
+      double sum = 0.0;  // a reduction over B·Lq rows: double keeps it exact to fp32
+      for (int64_t it = 0; it < nq; ++it) {
+        const WorkItem& item = p.group_items[size_t(it)];
+        if (item.head != h / p.group) continue;
+        const QuerySide qs = query_side(p, t, shared, it);
+        const int64_t n = item.end - item.begin;
+        for (int64_t r = (h % p.group) * n; r < (h % p.group + 1) * n; ++r)
+          if (qs.lse[r] != kNegInf) sum += double(std::exp(sink - qs.lse[r])) * double(qs.dsum[r]);
+      }
+      g.dsinks[h * g.dsinks_stride] = float(-sum);
+    }
+  }
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace detail
+}  // namespace multihead
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace multihead::detail {
+HWY_EXPORT(FlashBackwardSimd);
+HWY_EXPORT(BackwardSimdScratchFloats);
+
+void flash_backward_simd(const AttentionParams& p, const BackwardParams& g, float* scratch,
+                         int64_t scratch_per_thread) {
+  HWY_DYNAMIC_DISPATCH(FlashBackwardSimd)(p, g, scratch, scratch_per_thread);
+}
+void backward_simd_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared) {
+  HWY_DYNAMIC_DISPATCH(BackwardSimdScratchFloats)(p, per_thread, shared);
+}
+}  // namespace multihead::detail
+#endif
