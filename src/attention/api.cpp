@@ -35,8 +35,10 @@ void attention_forward(const TensorView& q, const TensorView& k, const TensorVie
   }
   const AttentionParams p = detail::plan_forward(sizes, q, k, v, planned, options);
   if (p.q_items.empty()) return;  // B = 0, Lq = 0 or H = 0: nothing to write
-  const int64_t per_thread = aligned_floats(detail::forward_scratch_floats(p));
-  detail::flash_forward(p, workspace(per_thread * p.num_threads), per_thread);
+  int64_t per_thread = 0, shared = 0;
+  detail::forward_scratch_floats(p, &per_thread, &shared);
+  per_thread = aligned_floats(per_thread);
+  detail::flash_forward(p, workspace(per_thread * p.num_threads + shared), per_thread);
 }
 
 void attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,

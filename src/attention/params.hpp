@@ -33,6 +33,11 @@ struct SequenceSpan {
   int64_t kv_offset = 0;  // diagonal: query i is aligned with key i + kv_offset
 };
 
+// Calls whose sequences have at most this many queries (decoding) run the SIMD kernels'
+// decode path and may have their keys split (AttentionParams::kv_splits). Chosen by the
+// query length alone, so GQA and MHA with repeated K/V take the same path.
+inline constexpr int64_t kDecodeQueries = 4;
+
 // A block of rows of one sequence and one head: the unit of parallel work. For the
 // forward and dq passes `head` is a query head and [begin, end) query rows; for the
 // dk/dv pass `head` is a key/value head and [begin, end) key rows.
@@ -79,6 +84,8 @@ struct AttentionParams {
   int64_t group_rows = 1;             // queries per group item (group · group_rows rows)
   std::vector<WorkItem> group_items;
   std::vector<int64_t> group_item_first;  // per sequence: index of its first group item
+  bool decode = false;    // every sequence has <= kDecodeQueries queries
+  int64_t kv_splits = 1;  // decode: each group item's keys run in this many chunks, merged by LSE
   int num_threads = 1;
 };
 

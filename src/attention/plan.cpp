@@ -1,5 +1,6 @@
 #include "attention/plan.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -12,6 +13,11 @@ namespace {
 // Tile sizes: a 64 x 64 score tile with its Q/K/V rows stays in L2 for D <= 256.
 constexpr int64_t kTileQ = 64;
 constexpr int64_t kTileK = 64;
+// Decode splits: decode calls with fewer than kSplitBelowHeads (sequence, query head)
+// pairs get up to kMaxSplits key chunks of at least kSplitKeys each.
+constexpr int64_t kSplitBelowHeads = 16;
+constexpr int64_t kSplitKeys = 512;
+constexpr int64_t kMaxSplits = 16;
 
 Activation activation(const TensorView& t) {
   return {t.data, t.dtype, t.strides[0], t.strides[1], t.strides[2]};
@@ -96,7 +102,7 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
       for (int64_t i0 = 0; i0 < p.seqs[size_t(b)].q_len; i0 += p.tile_q)
         p.q_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + p.tile_q, p.seqs[size_t(b)].q_len)});
   // Group items carry ~kTileQ rows in all: the group's heads times group_rows queries.
-  p.group_rows = std::max<int64_t>(1, kTileQ / p.group);
+  p.group_rows = std::max<int64_t>(kDecodeQueries, kTileQ / p.group);
   for (int64_t b = 0; b < s.num_seqs; ++b) {
     p.group_item_first.push_back(int64_t(p.group_items.size()));
     for (int64_t h = 0; h < s.Hkv; ++h)
@@ -104,6 +110,14 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
         p.group_items.push_back(
             {int32_t(b), int32_t(h), i0, std::min(i0 + p.group_rows, p.seqs[size_t(b)].q_len)});
   }
+  // Decode calls with few (sequence, head) pairs would leave cores idle: split each item's
+  // keys into chunks of >= kSplitKeys, fixed by shape (never by thread count, so the bits
+  // do not depend on it; nor by Hkv, so GQA and MHA split alike).
+  int64_t max_q = 0, max_k = 0;
+  for (const SequenceSpan& span : p.seqs) max_q = std::max(max_q, span.q_len), max_k = std::max(max_k, span.k_len);
+  p.decode = max_q <= kDecodeQueries;
+  if (p.decode && s.num_seqs * s.H < kSplitBelowHeads)
+    p.kv_splits = std::clamp<int64_t>(max_k / kSplitKeys, 1, kMaxSplits);
   p.num_threads = get_num_threads();
   return p;
 }

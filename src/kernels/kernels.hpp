@@ -9,14 +9,16 @@ namespace multihead::detail {
 
 // Dispatch (kernels/cpu/dispatch.cpp): the SIMD kernels for the best target this CPU
 // runs, or the portable ones; MULTIHEAD_ISA=avx512|avx2|scalar forces a choice.
+// Forward scratch: per_thread floats for each thread, then shared floats after them.
 void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
-int64_t forward_scratch_floats(const AttentionParams& p);
+void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared);
 
 // The two implementations behind it.
 void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
 int64_t forward_portable_scratch_floats(const AttentionParams& p);
 void flash_forward_simd(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
 int64_t forward_simd_scratch_floats(const AttentionParams& p);
+int64_t forward_simd_shared_floats(const AttentionParams& p);
 
 // The instruction set the dispatch uses: "avx512", "avx2", ... or "scalar".
 const char* active_isa();

@@ -55,8 +55,9 @@ void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per
   else flash_forward_portable(p, scratch, scratch_per_thread);
 }
 
-int64_t forward_scratch_floats(const AttentionParams& p) {
-  return isa_choice().simd ? forward_simd_scratch_floats(p) : forward_portable_scratch_floats(p);
+void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared) {
+  *per_thread = isa_choice().simd ? forward_simd_scratch_floats(p) : forward_portable_scratch_floats(p);
+  *shared = isa_choice().simd ? forward_simd_shared_floats(p) : 0;
 }
 
 // dbias has its own pass in the portable backward only: a call that asks for it runs there.

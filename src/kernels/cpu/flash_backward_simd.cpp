@@ -25,7 +25,7 @@ namespace {
 
 // A group item's packed query side (pass 0), in the shared scratch.
 struct QuerySide {
-  float* q_t;      // D x rows_pad       Qᵀ · scale
+  float* q_t;      // D x rows_pad       Qᵀ · scale (decode calls: Q · scale, rows_pad x d_vec)
   float* q;        // rows_pad x d_vec   Q
   float* do_t;     // Dv x rows_pad      dOᵀ
   float* dout;     // rows_pad x dv_vec  dO
@@ -34,7 +34,7 @@ struct QuerySide {
 };
 
 int64_t query_side_floats(const AttentionParams& p, const TileShape& t) {
-  return round_up(p.D * t.rows_pad, 16) + t.rows_pad * t.d_vec + round_up(p.Dv * t.rows_pad, 16) +
+  return round_up(std::max(p.D, t.d_vec) * t.rows_pad, 16) + t.rows_pad * t.d_vec + round_up(p.Dv * t.rows_pad, 16) +
          t.rows_pad * t.dv_vec + 2 * round_up(t.rows_pad, 16);
 }
 
@@ -46,7 +46,7 @@ QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared
     return r;
   };
   QuerySide q;
-  q.q_t = take(p.D * t.rows_pad);
+  q.q_t = take(std::max(p.D, t.d_vec) * t.rows_pad);
   q.q = take(t.rows_pad * t.d_vec);
   q.do_t = take(p.Dv * t.rows_pad);
   q.dout = take(t.rows_pad * t.dv_vec);
@@ -87,10 +87,15 @@ void pack_query_side(const AttentionParams& p, const BackwardParams& g, const Ti
                      const QuerySide& qs, float* row) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
-  pack_item_rows_t(p.q, p.D, p.scale, p, s, hkv, i0, n, t, row, qs.q_t);
-  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, t, qs.q);
+  if (p.decode) {  // the forward's decode scoring: scaled rows
+    pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, t.rows_pad, qs.q_t);
+    for (int64_t e = 0; e < t.rows_pad * t.d_vec; ++e) qs.q_t[e] *= p.scale;
+  } else {
+    pack_item_rows_t(p.q, p.D, p.scale, p, s, hkv, i0, n, t, row, qs.q_t);
+  }
+  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, t.rows_pad, qs.q);
   pack_item_rows_t(g.dout, p.Dv, 1.0f, p, s, hkv, i0, n, t, row, qs.do_t);
-  pack_item_rows(g.dout, p.Dv, t.dv_vec, p, s, hkv, i0, n, t, qs.dout);
+  pack_item_rows(g.dout, p.Dv, t.dv_vec, p, s, hkv, i0, n, t.rows_pad, qs.dout);
   std::fill_n(qs.lse, t.rows_pad, kNegInf);
   std::fill_n(qs.dsum, t.rows_pad, 0.0f);
   for (int64_t r = 0; r < p.group * n; ++r) {
@@ -114,7 +119,8 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
   const int64_t N = row_vector();
   const bool softcap = p.softcap > 0.0f;
   // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
-  scores_t(qs.q_t, w.k, t.d_vec, p.D, t, w.s_t);
+  if (p.decode) scores_dot(qs.q_t, p.group * n, w.k, t, w.s_t, 1, t.rows_pad);
+  else scores_t(qs.q_t, w.k, t.d_vec, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
   // forward: O = P V, so dPᵀ = V dOᵀ
@@ -202,7 +208,7 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
   const QuerySide qs = query_side(p, t, shared, index);
   std::fill_n(w.dq, t.rows_pad * t.d_vec, 0.0f);
-  const int64_t j_begin = key_range(p, s, i0).lo, j_end = key_range(p, s, i0 + n - 1).hi;
+  const int64_t j_begin = first_tile(p, s, i0), j_end = key_range(p, s, i0 + n - 1).hi;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, j_end - j0);
     pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);

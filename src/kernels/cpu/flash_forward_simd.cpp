@@ -3,7 +3,9 @@
 //   - a work item is (sequence, kv head, block of queries) and covers all H / Hkv query
 //     heads of the group, so each K/V tile is loaded and converted once per group;
 //   - Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ are register-blocked micro-kernels (simd_tiles-inl.hpp);
-//   - the online softmax runs on vectors of rows with Highway's Exp.
+//   - the online softmax runs on vectors of rows with Highway's Exp;
+//   - decode-shaped items (a few rows, many keys) run along D and Dv instead, and their
+//     keys are split into p.kv_splits chunks (fixed by shape) merged by LSE.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/flash_forward_simd.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -23,11 +25,12 @@ namespace {
 
 // One thread's tiles; every tile starts on a 64-byte boundary.
 struct ForwardTiles {
-  float* q_t;   // D x rows_pad        Qᵀ, scaled
-  float* k;     // kTileK x D          K rows
-  float* v;     // kTileK x dv_pad     V rows
-  float* s_t;   // kTileK x rows_pad   Sᵀ, then Pᵀ
-  float* o_t;   // dv_pad x rows_pad   Oᵀ accumulator
+  float* q_t;   // D x rows_pad        Qᵀ, scaled (tiled path)
+  float* q;     // rows_pad x d_vec    Q, scaled (decode path)
+  float* k;     // kTileK x d_vec      K rows
+  float* v;     // kTileK x dv_vec     V rows
+  float* s_t;   // kTileK x rows_pad   Sᵀ, then Pᵀ (tiled) / S, then P (decode, row-major)
+  float* o;     // dv_vec x rows_pad   Oᵀ (tiled) / rows x dv_vec O (decode)
   float* m;     // rows_pad            running max
   float* l;     // rows_pad            running sum
   float* corr;  // rows_pad            e^(m_old - m_new)
@@ -38,10 +41,11 @@ template <class Take>
 ForwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
   ForwardTiles w;
   w.q_t = take(p.D * t.rows_pad);
-  w.k = take(kTileK * p.D);
-  w.v = take(kTileK * t.dv_pad);
+  w.q = take(t.rows_pad * t.d_vec);
+  w.k = take(kTileK * t.d_vec);
+  w.v = take(kTileK * t.dv_vec);
   w.s_t = take(kTileK * t.rows_pad);
-  w.o_t = take(t.dv_pad * t.rows_pad);
+  w.o = take(t.dv_vec * t.rows_pad);
   w.m = take(t.rows_pad);
   w.l = take(t.rows_pad);
   w.corr = take(t.rows_pad);
@@ -49,11 +53,16 @@ ForwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
   return w;
 }
 
+// Where an item's running output lives: o[r·row_stride + a·col_stride] for row r, dim a.
+struct OutputLayout {
+  int64_t row_stride, col_stride;
+};
+
 // Online softmax down the key axis of Sᵀ for every row vector:
 //   m' = max(m, max_c s);  corr = e^(m - m');  l = l·corr + Σ_c e^(s - m');  Sᵀ <- e^(s - m')
 // Rows with nothing allowed so far keep m = -inf, l = 0 and P = 0.
-void online_softmax_update(const TileShape& t, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
-                           float* HWY_RESTRICT l, float* HWY_RESTRICT corr) {
+void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
+                            float* HWY_RESTRICT l, float* HWY_RESTRICT corr) {
   const FloatTag d;
   const int64_t N = row_vector();
   const auto neg_inf = hn::Set(d, kNegInf);
@@ -78,53 +87,110 @@ void online_softmax_update(const TileShape& t, float* HWY_RESTRICT s_t, float* H
   }
 }
 
-// Oᵀ[a, :] *= corr for every output dim a.
-void rescale_output(const TileShape& t, const float* HWY_RESTRICT corr, float* HWY_RESTRICT o_t) {
+// The same for one row of a row-major score tile s (kTileK keys): returns the correction.
+float online_softmax_row(float* HWY_RESTRICT s, float& m, float& l) {
   const FloatTag d;
   const int64_t N = row_vector();
-  for (int64_t a = 0; a < t.dv_pad; ++a)
+  const auto neg_inf = hn::Set(d, kNegInf);
+  auto vmax = neg_inf;
+  for (int64_t c = 0; c < kTileK; c += N) vmax = hn::Max(vmax, hn::Load(d, s + c));
+  const float m_new = std::max(m, hn::GetLane(hn::MaxOfLanes(d, vmax)));
+  const auto vm = hn::Set(d, m_new == kNegInf ? 0.0f : m_new);
+  auto vsum = hn::Zero(d);
+  for (int64_t c = 0; c < kTileK; c += N) {
+    const auto x = hn::Load(d, s + c);
+    const auto e = hn::IfThenElseZero(hn::Ne(x, neg_inf), hn::Exp(d, hn::Sub(x, vm)));
+    hn::Store(e, d, s + c);
+    vsum = hn::Add(vsum, e);
+  }
+  const float correction = m == kNegInf ? 0.0f : std::exp(m - m_new);
+  l = l * correction + hn::GetLane(hn::SumOfLanes(d, vsum));
+  m = m_new;
+  return correction;
+}
+
+// Oᵀ[a, :] *= corr for every output dim a.
+void rescale_output_t(const TileShape& t, const float* HWY_RESTRICT corr, float* HWY_RESTRICT o_t) {
+  const FloatTag d;
+  const int64_t N = row_vector();
+  for (int64_t a = 0; a < t.dv_vec; ++a)
     for (int64_t r = 0; r < t.rows_pad; r += N) {
       float* at = o_t + a * t.rows_pad + r;
       hn::Store(hn::Mul(hn::Load(d, at), hn::Load(d, corr + r)), d, at);
     }
 }
 
-void forward_item(const AttentionParams& p, const TileShape& t, const WorkItem& item, const ForwardTiles& w) {
-  const SequenceSpan& s = p.seqs[size_t(item.seq)];
-  const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
-  const int64_t rows = p.group * n;  // row r: head hkv·group + r / n, query i0 + r % n
-  pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
-  std::fill_n(w.m, t.rows_pad, kNegInf);
-  std::fill_n(w.l, t.rows_pad, 0.0f);
-  std::fill_n(w.o_t, t.dv_pad * t.rows_pad, 0.0f);
+void apply_dropout(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
+                   int64_t j0, int64_t nk, float* probs, int64_t row_stride, int64_t col_stride, float* row) {
+  for (int64_t r = 0; r < p.group * n; ++r) {
+    dropout_row(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, row);
+    for (int64_t c = 0; c < nk; ++c) probs[r * row_stride + c * col_stride] *= row[c];
+  }
+}
 
-  const int64_t j_begin = key_range(p, s, i0).lo, j_end = key_range(p, s, i0 + n - 1).hi;
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
-    const int64_t nk = std::min(kTileK, j_end - j0);
+// Keys [ja, jb) of an item, tiled path: rows along vectors, Oᵀ in w.o.
+void accumulate_tiled(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+                      int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
+  pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
+  std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
+  for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
+    const int64_t nk = std::min(kTileK, jb - j0);
     pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
-    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_pad, w.v);
+    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
     scores_t(w.q_t, w.k, p.D, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
-    online_softmax_update(t, w.s_t, w.m, w.l, w.corr);
-    rescale_output(t, w.corr, w.o_t);
-    if (p.dropout_p > 0.0f)  // dropout acts on P·V only: l keeps every weight
-      for (int64_t r = 0; r < rows; ++r) {
-        dropout_row(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, w.row);
-        for (int64_t c = 0; c < nk; ++c) w.s_t[c * t.rows_pad + r] *= w.row[c];
-      }
-    if (p.mask.data || p.bias.data) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_pad);
+    online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
+    rescale_output_t(t, w.corr, w.o);
+    // dropout acts on P·V only: l keeps every weight
+    if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
+    if (p.mask.data || p.bias.data) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_vec);
     // Oᵀ += Vᵀ Pᵀ
-    outer_product(w.s_t, t.rows_pad, w.v, 1, t.dv_pad, nk, t.dv_pad, t.rows_pad, w.o_t, true);
+    outer_product(w.s_t, t.rows_pad, w.v, 1, t.dv_vec, nk, p.Dv, t.rows_pad, w.o, true);
   }
+}
 
-  // out = o / l and lse = m + log l, with the sink's e^(sink - m) in l. A row with no
-  // allowed key gives out 0 and lse -inf, with or without a sink.
-  for (int64_t r = 0; r < rows; ++r) {
+// Keys [ja, jb) of an item, decode path (p.decode): S = Q Kᵀ by dot products along D,
+// P·V along Dv, so no lane idles on a handful of rows; O row-major in w.o.
+void accumulate_decode(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
+                       int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
+  const int64_t rows = p.group * n;
+  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows, w.q);
+  for (int64_t e = 0; e < rows * t.d_vec; ++e) w.q[e] *= p.scale;
+  std::fill_n(w.o, rows * t.dv_vec, 0.0f);
+  for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
+    const int64_t nk = std::min(kTileK, jb - j0);
+    pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    scores_dot(w.q, rows, w.k, t, w.s_t, kTileK, 1);  // S[r, c] = q_r · k_c
+    for (int64_t r = 0; r < rows; ++r) {
+      float* srow = w.s_t + r * kTileK;
+      modify_scores_column(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, srow, 1);
+      const float correction = online_softmax_row(srow, w.m[r], w.l[r]);
+      if (correction != 1.0f)
+        for (int64_t a = 0; a < t.dv_vec; ++a) w.o[r * t.dv_vec + a] *= correction;
+    }
+    if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, kTileK, 1, w.row);
+    if (p.mask.data || p.bias.data)
+      for (int64_t c = 0; c < nk; ++c) {
+        bool attended = false;
+        for (int64_t r = 0; r < rows; ++r) attended |= w.s_t[r * kTileK + c] != 0.0f;
+        if (!attended) std::fill_n(w.v + c * t.dv_vec, t.dv_vec, 0.0f);  // 0 · garbage V
+      }
+    // O += P V
+    outer_product(w.v, t.dv_vec, w.s_t, kTileK, 1, nk, rows, t.dv_vec, w.o, true);
+  }
+}
+
+// out = o / l and lse = m + log l, with the sink's e^(sink - m) in l. A row with no
+// allowed key gives out 0 and lse -inf, with or without a sink.
+void finalize(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
+              const float* m_run, const float* l_run, const float* o, OutputLayout layout, float* row) {
+  for (int64_t r = 0; r < p.group * n; ++r) {
     const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
     float lse = kNegInf, inv_l = 0.0f;
-    if (w.m[r] != kNegInf) {
+    if (m_run[r] != kNegInf) {
       const float sink = sink_logit(p, h);
-      float m = w.m[r], l = w.l[r];
+      float m = m_run[r], l = l_run[r];
       if (sink != kNegInf) {
         const float m_new = std::max(m, sink);
         l = l * std::exp(m - m_new) + std::exp(sink - m_new);
@@ -134,22 +200,33 @@ void forward_item(const AttentionParams& p, const TileShape& t, const WorkItem& 
         inv_l = 1.0f / l;
       }
       lse = m + std::log(l);
-      for (int64_t a = 0; a < p.Dv; ++a) w.row[a] = w.o_t[a * t.rows_pad + r];
+      for (int64_t a = 0; a < p.Dv; ++a) row[a] = o[r * layout.row_stride + a * layout.col_stride];
     } else {
-      std::fill_n(w.row, p.Dv, 0.0f);
+      std::fill_n(row, p.Dv, 0.0f);
     }
     store_row(p.out.data, p.out.dtype,
-              s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, w.row, inv_l);
+              s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, row, inv_l);
     if (p.lse) *lse_ptr(p, s, h, i) = lse;
   }
+}
 
-  if (!p.probs) return;
-  // probs = exp(s - lse) over every key column, recomputed from the final lse.
+// probs = exp(s - lse) over every key column, recomputed from the final lse.
+void write_probs(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+                 int64_t n, const ForwardTiles& w) {
+  const int64_t rows = p.group * n;
+  if (p.decode) {
+    pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows, w.q);
+    for (int64_t e = 0; e < rows * t.d_vec; ++e) w.q[e] *= p.scale;
+  } else {
+    pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
+  }
   for (int64_t j0 = 0; j0 < p.Lk; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, p.Lk - j0);
     const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
-    pack_rows(p.k, s, hkv, j0, nk_valid, p.D, p.D, w.k);
-    scores_t(w.q_t, w.k, p.D, p.D, t, w.s_t);
+    // The forward's own scoring, so exp(s - lse) is consistent with lse.
+    pack_rows(p.k, s, hkv, j0, nk_valid, p.D, t.d_vec, w.k);
+    if (p.decode) scores_dot(w.q, rows, w.k, t, w.s_t, 1, t.rows_pad);
+    else scores_t(w.q_t, w.k, t.d_vec, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk_valid, t, w.s_t);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
@@ -163,6 +240,32 @@ void forward_item(const AttentionParams& p, const TileShape& t, const WorkItem& 
   }
 }
 
+// The keys of split `chunk` of an item's key range: whole tiles, fixed by shape.
+KeyRange split_range(const AttentionParams& p, const SequenceSpan& s, const WorkItem& item, int64_t chunk) {
+  const int64_t j_begin = first_tile(p, s, item.begin), j_end = key_range(p, s, item.end - 1).hi;
+  const int64_t len = round_up((j_end - j_begin + p.kv_splits - 1) / p.kv_splits, kTileK);
+  const int64_t ja = std::min(j_end, j_begin + chunk * len);
+  return {ja, std::min(j_end, ja + len)};
+}
+
+// Runs keys [ja, jb) of an item; leaves m, l in w and the output where layout says.
+OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const WorkItem& item, KeyRange keys,
+                        const ForwardTiles& w) {
+  const SequenceSpan& s = p.seqs[size_t(item.seq)];
+  const int64_t n = item.end - item.begin;
+  std::fill_n(w.m, t.rows_pad, kNegInf);
+  std::fill_n(w.l, t.rows_pad, 0.0f);
+  if (p.decode) {
+    accumulate_decode(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
+    return {t.dv_vec, 1};
+  }
+  accumulate_tiled(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
+  return {1, t.rows_pad};
+}
+
+// A split's partial state in the shared scratch: m and l (rows_pad each), O (rows x Dv).
+int64_t partial_floats(const AttentionParams& p, const TileShape& t) { return round_up(t.rows_pad * (p.Dv + 2), 16); }
+
 }  // namespace
 
 int64_t ForwardSimdScratchFloats(const AttentionParams& p) {
@@ -175,9 +278,15 @@ int64_t ForwardSimdScratchFloats(const AttentionParams& p) {
   return total;
 }
 
+int64_t ForwardSimdSharedFloats(const AttentionParams& p) {
+  if (p.kv_splits == 1) return 0;
+  return int64_t(p.group_items.size()) * p.kv_splits * partial_floats(p, tile_shape(p));
+}
+
 void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
   const TileShape t = tile_shape(p);
-  const int64_t count = int64_t(p.group_items.size());
+  const int64_t count = int64_t(p.group_items.size()), splits = p.kv_splits;
+  float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
 #pragma omp parallel num_threads(p.num_threads)
   {
     float* at = scratch + omp_get_thread_num() * scratch_per_thread;
@@ -187,7 +296,50 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
       return r;
     });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < count; ++it) forward_item(p, t, p.group_items[size_t(it)], w);
+    for (int64_t unit = 0; unit < count * splits; ++unit) {
+      const WorkItem& item = p.group_items[size_t(unit / splits)];
+      const SequenceSpan& s = p.seqs[size_t(item.seq)];
+      const int64_t n = item.end - item.begin, rows = p.group * n;
+      const OutputLayout layout = accumulate(p, t, item, split_range(p, s, item, unit % splits), w);
+      if (splits == 1) {
+        finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, layout, w.row);
+        if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
+        continue;
+      }
+      // Park the partial: m, l, then O row-major.
+      float* part = shared + unit * partial_floats(p, t);
+      std::copy_n(w.m, rows, part);
+      std::copy_n(w.l, rows, part + t.rows_pad);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t a = 0; a < p.Dv; ++a)
+          part[2 * t.rows_pad + r * p.Dv + a] = w.o[r * layout.row_stride + a * layout.col_stride];
+    }
+    if (splits > 1) {
+      // Merge the splits of each item in order: m = max m_c, l = Σ l_c e^(m_c - m), o likewise.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < count; ++it) {
+        const WorkItem& item = p.group_items[size_t(it)];
+        const SequenceSpan& s = p.seqs[size_t(item.seq)];
+        const int64_t n = item.end - item.begin, rows = p.group * n;
+        std::fill_n(w.m, rows, kNegInf);
+        for (int64_t c = 0; c < splits; ++c)
+          for (int64_t r = 0; r < rows; ++r)
+            w.m[r] = std::max(w.m[r], shared[(it * splits + c) * partial_floats(p, t) + r]);
+        std::fill_n(w.l, rows, 0.0f);
+        std::fill_n(w.o, rows * p.Dv, 0.0f);
+        for (int64_t c = 0; c < splits; ++c) {
+          const float* part = shared + (it * splits + c) * partial_floats(p, t);
+          for (int64_t r = 0; r < rows; ++r) {
+            if (part[r] == kNegInf) continue;  // this split saw no allowed key of row r
+            const float weight = std::exp(part[r] - w.m[r]);
+            w.l[r] += part[t.rows_pad + r] * weight;
+            for (int64_t a = 0; a < p.Dv; ++a) w.o[r * p.Dv + a] += part[2 * t.rows_pad + r * p.Dv + a] * weight;
+          }
+        }
+        finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, {p.Dv, 1}, w.row);
+        if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
+      }
+    }
   }
 }
 
@@ -201,12 +353,16 @@ HWY_AFTER_NAMESPACE();
 namespace multihead::detail {
 HWY_EXPORT(FlashForwardSimd);
 HWY_EXPORT(ForwardSimdScratchFloats);
+HWY_EXPORT(ForwardSimdSharedFloats);
 
 void flash_forward_simd(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
   HWY_DYNAMIC_DISPATCH(FlashForwardSimd)(p, scratch, scratch_per_thread);
 }
 int64_t forward_simd_scratch_floats(const AttentionParams& p) {
   return HWY_DYNAMIC_DISPATCH(ForwardSimdScratchFloats)(p);
+}
+int64_t forward_simd_shared_floats(const AttentionParams& p) {
+  return HWY_DYNAMIC_DISPATCH(ForwardSimdSharedFloats)(p);
 }
 }  // namespace multihead::detail
 #endif

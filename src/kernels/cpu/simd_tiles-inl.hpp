@@ -40,7 +40,6 @@ inline int64_t row_vector() { return int64_t(hn::Lanes(FloatTag())); }
 struct TileShape {
   int64_t rows = 0;      // group · rows per item
   int64_t rows_pad = 0;  // rounded up to 2 vectors
-  int64_t dv_pad = 0;    // Dv rounded up to kBroadcasts
   int64_t d_vec = 0;     // D rounded up to 2 vectors (D along vectors: dQ, dK)
   int64_t dv_vec = 0;    // Dv rounded up to 2 vectors (Dv along vectors: dV)
 };
@@ -49,7 +48,6 @@ inline TileShape tile_shape(const AttentionParams& p) {
   TileShape t;
   t.rows = p.group * p.group_rows;
   t.rows_pad = round_up(t.rows, 2 * row_vector());
-  t.dv_pad = round_up(p.Dv, kBroadcasts);
   t.d_vec = round_up(p.D, 2 * row_vector());
   t.dv_vec = round_up(p.Dv, 2 * row_vector());
   return t;
@@ -84,16 +82,30 @@ HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, cons
   }
 }
 
-// out (count x width) (+)= Σ_x sc(x, a) · vec[x, :] for a in [0, count): count is a multiple
-// of kBroadcasts, width (the vector axis, also out's row stride) of 2 vectors.
+// out (count x width) (+)= Σ_x sc(x, a) · vec[x, :] for a in [0, count); width (the vector
+// axis, also out's row stride) is a multiple of 2 vectors.
 HWY_INLINE void outer_product(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
                               int64_t sa, int64_t sx, int64_t X, int64_t count, int64_t width,
                               float* HWY_RESTRICT out, bool accumulate) {
   const int64_t step = 2 * row_vector();
-  for (int64_t r0 = 0; r0 < width; r0 += step)
-    for (int64_t a0 = 0; a0 < count; a0 += kBroadcasts)
+  const int64_t full = count / kBroadcasts * kBroadcasts;
+  for (int64_t r0 = 0; r0 < width; r0 += step) {
+    for (int64_t a0 = 0; a0 < full; a0 += kBroadcasts)
       outer_micro<kBroadcasts>(vec + r0, vstride, sc + a0 * sa, sa, sx, X, out + a0 * width + r0, width,
                                accumulate);
+    const float* sc_tail = sc + full * sa;
+    float* out_tail = out + full * width + r0;
+    switch (count - full) {  // the last count % kBroadcasts values of a
+      case 0: break;
+      case 1: outer_micro<1>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+      case 2: outer_micro<2>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+      case 3: outer_micro<3>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+      case 4: outer_micro<4>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+      case 5: outer_micro<5>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+      case 6: outer_micro<6>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+      default: outer_micro<7>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
+    }
+  }
 }
 
 // The rows of an item: row r = (query head hkv·group + r / n, query i0 + r % n) of a
@@ -115,11 +127,11 @@ inline void pack_item_rows_t(const Activation& a, int64_t dim, float mul, const 
   }
 }
 
-// Row-major: out (rows_pad x stride), zero-padded.
+// Row-major: out (rows_out x stride), zero-padded.
 inline void pack_item_rows(const Activation& a, int64_t dim, int64_t stride, const AttentionParams& p,
-                           const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n, const TileShape& t,
+                           const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n, int64_t rows_out,
                            float* out) {
-  std::fill_n(out, t.rows_pad * stride, 0.0f);
+  std::fill_n(out, rows_out * stride, 0.0f);
   for (int64_t r = 0; r < p.group * n; ++r)
     load_row(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, out + r * stride);
 }
@@ -147,6 +159,31 @@ inline void pack_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, i
 inline void scores_t(const float* q_t, const float* k_rows, int64_t k_stride, int64_t D, const TileShape& t,
                      float* s_t) {
   outer_product(q_t, t.rows_pad, k_rows, k_stride, 1, D, kTileK, t.rows_pad, s_t, false);
+}
+
+// S = (scale·q)·k for decode calls: one dot product along D per (row, key), vectors along
+// D then a horizontal sum, written to s[r·rs + c·cs] for keys [0, kTileK). q (rows x d_vec)
+// holds scaled queries, k (kTileK x d_vec) keys, both zero-padded. The forward, its probs
+// and the backward all score decode calls here, so P is recomputed bit for bit.
+inline void scores_dot(const float* HWY_RESTRICT q, int64_t rows, const float* HWY_RESTRICT k, const TileShape& t,
+                       float* HWY_RESTRICT s, int64_t rs, int64_t cs) {
+  const FloatTag d;
+  const int64_t N = row_vector();
+  for (int64_t c = 0; c < kTileK; ++c) {
+    const float* kc = k + c * t.d_vec;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* qr = q + r * t.d_vec;
+      auto acc = hn::Zero(d);
+      for (int64_t x = 0; x < t.d_vec; x += N) acc = hn::MulAdd(hn::Load(d, qr + x), hn::Load(d, kc + x), acc);
+      s[r * rs + c * cs] = hn::GetLane(hn::SumOfLanes(d, acc));
+    }
+  }
+}
+
+// The first key tile of an item: tiles start at multiples of kTileK, so every row meets
+// the same tiles whichever rows share its item (GQA and MHA give the same bits).
+inline int64_t first_tile(const AttentionParams& p, const SequenceSpan& s, int64_t i0) {
+  return key_range(p, s, i0).lo / kTileK * kTileK;
 }
 
 // Softcap, bias, ALiBi and every mask on column `r` of Sᵀ (query i of head h) for keys
