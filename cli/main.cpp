@@ -1,5 +1,6 @@
 // The `multihead` command line: a front end that parses, calls the library and prints.
 //   multihead check [--cases N] [--seed S] [--no-backward] [--kind K]... [--replay KIND:SEED]...
+//   multihead inspect FILE.safetensors [--prefix P] [--num-heads N]
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +12,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "bench_command.hpp"
+#include "io/inspect.hpp"
 #include "multihead/multihead.hpp"
 #include "reference/cases.hpp"
 
@@ -120,12 +123,30 @@ int main(int argc, char** argv) {
   check->add_option("--replay", replays, "Re-run single cases, as printed by a failing run: KIND:SEED");
   check->add_option("--threads", threads, "Kernel threads (default: all cores)");
 
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "List the tensors of a safetensors file and say whether they form a MultiHeadAttention module");
+  std::string inspect_path, prefix;
+  int64_t num_heads = 0;
+  inspect->add_option("file", inspect_path, "A .safetensors file")->required();
+  inspect->add_option("--prefix,-p", prefix, "Only the tensors under this name prefix, e.g. model.layers.0.self_attn.");
+  inspect
+      ->add_option("--num-heads", num_heads,
+                   "Query heads (weights alone do not fix them; default: the fewest the shapes allow)")
+      ->check(CLI::NonNegativeNumber);
+
+  add_bench_command(app);
   CLI11_PARSE(app, argc, argv);
 
   try {
     if (check->parsed()) {
       multihead::set_num_threads(threads);
       return run_check(cases, seed_opt->count() ? seed : fresh_seed(), backward, kinds, replays);
+    }
+    if (inspect->parsed()) {
+      // A file that is no module still lists fine: exit 0; unreadable or malformed: 2.
+      std::fputs(multihead::format_inspection(multihead::inspect_safetensors(inspect_path, prefix, num_heads)).c_str(),
+                 stdout);
+      return 0;
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "multihead: %s\n", e.what());

@@ -1,6 +1,7 @@
 option(MULTIHEAD_BUILD_TESTS "Build the test suite" ON)
 option(MULTIHEAD_BUILD_CLI "Build the multihead command-line tool" ON)
 option(MULTIHEAD_BUILD_PYTHON "Build the Python bindings" ON)
+option(MULTIHEAD_BUILD_FUZZ "Build the libFuzzer target (clang only)" OFF)
 option(MULTIHEAD_WERROR "Treat warnings as errors" OFF)
 option(MULTIHEAD_SANITIZE "Build with AddressSanitizer and UndefinedBehaviorSanitizer" OFF)
 

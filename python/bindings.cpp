@@ -17,6 +17,8 @@
 namespace py = pybind11;
 namespace mh = multihead;
 
+void init_module_bindings(py::module_& m);  // module_bindings.cpp: MultiHeadAttention
+
 namespace {
 
 std::string repr_string(const py::handle& h) { return py::repr(h).cast<std::string>(); }
@@ -402,4 +404,5 @@ PYBIND11_MODULE(_multihead, m) {
         "Threads for the attention kernels; n <= 0 restores the default (all cores).\n"
         "Results are bitwise identical for any thread count.");
   m.def("get_num_threads", &mh::get_num_threads, "Threads the attention kernels use.");
+  init_module_bindings(m);
 }

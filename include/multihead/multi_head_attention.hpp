@@ -43,9 +43,12 @@ struct MultiHeadAttentionConfig {
 
 struct MhaForwardOptions {
   // Masks, bias, causal, window, key padding, ALiBi, softcap, sinks: the functional API's
-  // meaning (True = may attend), broadcast to (B, H, Lq, Lk) over the *input* keys.
-  // cu_seqlens are not accepted here.
-  AttentionOptions attention;
+  // meaning (True = may attend), broadcast to (B, H, Lq, Lk) over the *input* keys; the
+  // keys appended by add_bias_kv / add_zero_attn are visible to every query (as PyTorch
+  // pads attn_mask and key_padding_mask). cu_seqlens are not accepted here, and
+  // dropout_p must stay 0: config.dropout applies in training mode, with a seed drawn
+  // from config.seed and the number of training calls so far.
+  AttentionOptions attention{};
   bool need_weights = false;     // also return attention weights
   bool average_weights = true;   // (B, Lq, Lk) averaged over heads, else (B, H, Lq, Lk)
   bool training = false;         // dropout on
@@ -53,7 +56,8 @@ struct MhaForwardOptions {
 
 struct MhaOutput {
   Tensor out;      // (B, Lq, out_dim) f32
-  Tensor weights;  // empty unless need_weights; covers the appended keys too (Lk + extra)
+  Tensor weights;  // empty unless need_weights; covers the appended keys too (Lk + extra);
+                   // the probabilities before dropout
 };
 
 struct MhaInputGrads {
@@ -79,7 +83,9 @@ class MultiHeadAttention {
   MultiHeadAttention& operator=(MultiHeadAttention&&) noexcept;
   const MultiHeadAttentionConfig& config() const { return config_; }
 
-  // Self-attention when key and value are null (one fused QKV GEMM).
+  // Self-attention when key and value are null, or both are the query's own view (one
+  // fused QKV GEMM). Inputs are f32 (B, L, features) views of any strides; they are
+  // copied, so they need not outlive the call.
   MhaOutput forward(const TensorView& query, const TensorView* key = nullptr, const TensorView* value = nullptr,
                     const MhaForwardOptions& options = {});
   // Gradients of the last forward; parameter gradients accumulate into grads.
@@ -101,7 +107,9 @@ class MultiHeadAttention {
 
   // The configuration that a set of tensors describes (for `multihead inspect`); throws
   // ModelMismatch when they do not form a module. num_heads cannot be read from weights
-  // alone: pass it, or 0 to report head-independent fields only (num_heads = 1).
+  // alone: pass it, or 0 for the fewest heads the widths allow (num_kv_heads = 1 and
+  // num_heads = q width / k width: one head for MHA-shaped weights). dtype is kBF16 when
+  // every tensor is bf16, else kF32.
   static MultiHeadAttentionConfig infer_config(const std::map<std::string, TensorInfo>& tensors,
                                                const std::string& prefix = "", int64_t num_heads = 0);
 

@@ -7,12 +7,20 @@ masked rows) are those of the C++ library, spelled out in docs/CONTRACT.md.
     out, lse = multihead.attention(q, k, v, return_lse=True)
     dq, dk, dv, dbias, dsinks = multihead.attention_backward(dout, q, k, v, out, lse)
 
+The module, weight-compatible with torch.nn.MultiheadAttention (batch-first):
+
+    m = multihead.MultiHeadAttention(512, 8)
+    m.load_state_dict({k: v.detach().numpy() for k, v in torch_mha.state_dict().items()})
+    out, weights = m.forward(x, need_weights=True)      # self-attention
+    dx, _, _ = m.backward(dout); grads = m.grads()
+
 Errors raise multihead.Error, a ValueError carrying the library's message and its
 parts as attributes (kind, tensor, dim, expected, got).
 """
 
 from ._multihead import (
     Error,
+    MultiHeadAttention,
     attention,
     attention_backward,
     attention_varlen,
@@ -22,9 +30,11 @@ from ._multihead import (
 )
 
 Error.__module__ = __name__  # shown as multihead.Error
+MultiHeadAttention.__module__ = __name__
 
 __all__ = [
     "Error",
+    "MultiHeadAttention",
     "attention",
     "attention_backward",
     "attention_varlen",

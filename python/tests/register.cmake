@@ -17,7 +17,7 @@ if(MULTIHEAD_SANITIZE)
 endif()
 # --capture=sys: what the library or a sanitizer writes to fd 2 reaches the log even
 # when the process dies.
-foreach(_suite attention vs_torch)
+foreach(_suite attention vs_torch module module_vs_torch)
   add_test(NAME python.${_suite}
            COMMAND ${Python_EXECUTABLE} -m pytest -q -p no:cacheprovider --capture=sys
                    ${CMAKE_CURRENT_LIST_DIR}/test_${_suite}.py
@@ -25,4 +25,4 @@ foreach(_suite attention vs_torch)
   set_tests_properties(python.${_suite} PROPERTIES ENVIRONMENT "${_multihead_test_env}" TIMEOUT 900)
 endforeach()
 # Without torch every comparison is skipped (pytest exits 0): report that as skipped.
-set_tests_properties(python.vs_torch PROPERTIES SKIP_REGULAR_EXPRESSION "\n[0-9]+ skipped in ")
+set_tests_properties(python.vs_torch python.module_vs_torch PROPERTIES SKIP_REGULAR_EXPRESSION "\n[0-9]+ skipped in ")
