@@ -11,6 +11,7 @@ packages=(
   libhwy-dev libopenblas-dev                 # SIMD dispatch, GEMMs
   pybind11-dev python3-dev python3-numpy     # Python bindings
   python3-pytest python3-torch               # Python tests, PyTorch as a second oracle
+  clang libclang-rt-14-dev                   # libFuzzer (fuzz/run.sh)
 )
 
 missing=()
