@@ -229,7 +229,7 @@ void BackwardSimdScratchFloats(const AttentionParams& p, int64_t* per_thread, in
   int64_t total = 0;
   carve(p, t, [&](int64_t n) {
     total += round_up(n, 16);
-    return nullptr;
+    return static_cast<float*>(nullptr);  // sizing only
   });
   *per_thread = total;
   *shared = int64_t(p.group_items.size()) * query_side_floats(p, t);

@@ -13,6 +13,7 @@
 
 #include <omp.h>
 
+#include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/cpu/simd_tiles-inl.hpp"
 #include "kernels/kernels.hpp"
 
@@ -35,12 +36,17 @@ struct ForwardTiles {
   float* l;     // rows_pad            running sum
   float* corr;  // rows_pad            e^(m_old - m_new)
   float* row;   // max(D, Dv, kTileK)  conversion buffer
+  // bf16 pairs for vdpbf16ps (bf16 inputs on AVX512-BF16), one uint32 per pair:
+  uint32_t* q_pairs;  // D/2 x rows_pad     Qᵀ, unscaled
+  uint32_t* k_pairs;  // kTileK x D/2       K rows
+  uint32_t* v_pairs;  // kTileK/2 x dv_vec  V, keys paired
+  uint32_t* p_pairs;  // kTileK/2 x rows_pad Pᵀ, keys paired
 };
 
 template <class Take>
 ForwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
   ForwardTiles w;
-  w.q_t = take(p.D * t.rows_pad);
+  w.q_t = take(std::max(p.D, t.d_vec) * t.rows_pad);
   w.q = take(t.rows_pad * t.d_vec);
   w.k = take(kTileK * t.d_vec);
   w.v = take(kTileK * t.dv_vec);
@@ -50,6 +56,11 @@ ForwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
   w.l = take(t.rows_pad);
   w.corr = take(t.rows_pad);
   w.row = take(std::max({p.D, p.Dv, kTileK}));
+  const int64_t d2 = (p.D + 1) / 2;
+  w.q_pairs = reinterpret_cast<uint32_t*>(take(d2 * t.rows_pad));
+  w.k_pairs = reinterpret_cast<uint32_t*>(take(kTileK * d2));
+  w.v_pairs = reinterpret_cast<uint32_t*>(take(kTileK / 2 * t.dv_vec));
+  w.p_pairs = reinterpret_cast<uint32_t*>(take(kTileK / 2 * t.rows_pad));
   return w;
 }
 
@@ -125,6 +136,60 @@ void apply_dropout(const AttentionParams& p, const SequenceSpan& s, int64_t hkv,
   for (int64_t r = 0; r < p.group * n; ++r) {
     dropout_row(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, row);
     for (int64_t c = 0; c < nk; ++c) probs[r * row_stride + c * col_stride] *= row[c];
+  }
+}
+
+// bf16 inputs where the CPU has AVX512-BF16: both products on vdpbf16ps, with P rounded
+// to bf16 for P·V (as every bf16 attention kernel does; the pass rule's baseline too).
+bool use_bf16_dot(const AttentionParams& p) {
+#if HWY_TARGET == HWY_AVX3
+  return p.q.dtype == DType::kBF16 && has_avx512_bf16();
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+// K rows [j0, j0 + nk) of a bf16 tensor as pairs (kTileK x D/2), zero-padded.
+void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
+                    uint32_t* out) {
+  const int64_t d2 = (p.D + 1) / 2;
+  uint16_t* halves = reinterpret_cast<uint16_t*>(out);
+  std::fill_n(out, kTileK * d2, 0u);
+  for (int64_t c = 0; c < nk; ++c) {
+    const uint16_t* src = static_cast<const uint16_t*>(p.k.data) + s.batch * p.k.stride_b +
+                          (s.k_begin + j0 + c) * p.k.stride_l + hkv * p.k.stride_h;
+    std::copy_n(src, p.D, halves + c * 2 * d2);
+  }
+}
+
+// Keys [ja, jb) of an item on vdpbf16ps: Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ over bf16 pairs.
+void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
+                           int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
+  const FloatTag d;
+  const int64_t N = row_vector(), d2 = (p.D + 1) / 2;
+  // Qᵀ unscaled (bf16 values stay exact), an even number of dims, then paired.
+  pack_item_rows_t(p.q, p.D, 1.0f, p, s, hkv, i0, n, t, w.row, w.q_t);
+  std::fill(w.q_t + p.D * t.rows_pad, w.q_t + 2 * d2 * t.rows_pad, 0.0f);
+  bf16_pair_rows(w.q_t, t.rows_pad, d2, t.rows_pad, w.q_pairs, t.rows_pad);
+  std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
+  const auto scale = hn::Set(d, p.scale);
+  for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
+    const int64_t nk = std::min(kTileK, jb - j0);
+    pack_key_pairs(p, s, hkv, j0, nk, w.k_pairs);
+    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    bf16_outer_product(w.q_pairs, t.rows_pad, w.k_pairs, d2, 1, d2, kTileK, t.rows_pad, w.s_t, false);
+    for (int64_t e = 0; e < kTileK * t.rows_pad; e += N) hn::Store(hn::Mul(hn::Load(d, w.s_t + e), scale), d, w.s_t + e);
+    modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
+    online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
+    rescale_output_t(t, w.corr, w.o);
+    if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
+    if (p.mask.data || p.bias.data) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_vec);
+    // Oᵀ += Vᵀ Pᵀ over key pairs (a key past nk has P = 0 and a zero V row)
+    const int64_t nk2 = (nk + 1) / 2;
+    bf16_pair_rows(w.v, t.dv_vec, nk2, t.dv_vec, w.v_pairs, t.dv_vec);
+    bf16_pair_rows(w.s_t, t.rows_pad, nk2, t.rows_pad, w.p_pairs, t.rows_pad);
+    bf16_outer_product(w.p_pairs, t.rows_pad, w.v_pairs, 1, t.dv_vec, nk2, p.Dv, t.rows_pad, w.o, true);
   }
 }
 
@@ -259,7 +324,8 @@ OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const Work
     accumulate_decode(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
     return {t.dv_vec, 1};
   }
-  accumulate_tiled(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
+  if (use_bf16_dot(p)) accumulate_tiled_bf16(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
+  else accumulate_tiled(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
   return {1, t.rows_pad};
 }
 
@@ -273,7 +339,7 @@ int64_t ForwardSimdScratchFloats(const AttentionParams& p) {
   int64_t total = 0;
   carve(p, t, [&](int64_t n) {
     total += round_up(n, 16);
-    return nullptr;
+    return static_cast<float*>(nullptr);  // sizing only
   });
   return total;
 }

@@ -1,0 +1,26 @@
+// The bf16 micro-kernel: AVX512-BF16's vdpbf16ps (two bf16 products summed into f32 per
+// lane), which Highway 1.0.3 lacks. Plain C++ declarations; the definitions carry
+// __attribute__((target("avx512bf16"))) and run only where has_avx512_bf16() says so.
+//
+// The same outer product as the f32 kernels (simd_tiles-inl.hpp), over pairs:
+//   out[a, r..r+32) (+)= Σ_x2 dot2(sc(x2, a), vec[x2, r..r+32))
+// where vec holds bf16 pairs (one uint32 per lane) and sc(x2, a) = sc[a·sa + x2·sx] is one
+// pair broadcast to every lane.
+#pragma once
+
+#include <cstdint>
+
+namespace multihead::detail {
+
+bool has_avx512_bf16();
+
+// count % 8 == 0 is not required; width is a multiple of 32 (2 vectors of 16 f32).
+void bf16_outer_product(const uint32_t* vec, int64_t vstride, const uint32_t* sc, int64_t sa, int64_t sx,
+                        int64_t X2, int64_t count, int64_t width, float* out, bool accumulate);
+
+// Pairs the rows of a (2·n2 x width) f32 block: out[x2, r] = (bf16(in[2·x2, r]), bf16(in[2·x2+1, r])),
+// rounding to nearest even. width % 16 == 0.
+void bf16_pair_rows(const float* in, int64_t in_stride, int64_t n2, int64_t width, uint32_t* out,
+                    int64_t out_stride);
+
+}  // namespace multihead::detail
