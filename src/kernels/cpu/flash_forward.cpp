@@ -83,31 +83,16 @@ void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardS
     }
   }
 
-  // out = acc / l and lse = m + log l, with the sink's e^(sink - m) in l. A row with
-  // no allowed key gives out 0 and lse -inf, with or without a sink.
   const float sink = sink_logit(p, h);
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = i0 + r;
     float* acc = w.acc + r * p.Dv;
-    float lse = kNegInf, inv_l = 0.0f;
-    if (w.m[r] != kNegInf) {
-      float m = w.m[r], l = w.l[r];
-      if (sink != kNegInf) {
-        const float m_new = std::max(m, sink);
-        l = l * std::exp(m - m_new) + std::exp(sink - m_new);
-        inv_l = std::exp(m - m_new) / l;
-        m = m_new;
-      } else {
-        inv_l = 1.0f / l;
-      }
-      lse = m + std::log(l);
-    } else {
-      std::fill_n(acc, p.Dv, 0.0f);
-    }
+    const RowResult result = finish_row(w.m[r], w.l[r], sink);
+    if (w.m[r] == kNegInf) std::fill_n(acc, p.Dv, 0.0f);  // never 0 · inf
     store_row(p.out.data, p.out.dtype,
               s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, acc,
-              inv_l);
-    if (p.lse) *lse_ptr(p, s, h, i) = lse;
+              result.out_factor);
+    if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
   }
 }
 

@@ -246,32 +246,18 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
   }
 }
 
-// out = o / l and lse = m + log l, with the sink's e^(sink - m) in l. A row with no
-// allowed key gives out 0 and lse -inf, with or without a sink.
+// out = o / l and lse (finish_row) for every row of an item.
 void finalize(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
               const float* m_run, const float* l_run, const float* o, OutputLayout layout, float* row) {
   for (int64_t r = 0; r < p.group * n; ++r) {
     const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
-    float lse = kNegInf, inv_l = 0.0f;
-    if (m_run[r] != kNegInf) {
-      const float sink = sink_logit(p, h);
-      float m = m_run[r], l = l_run[r];
-      if (sink != kNegInf) {
-        const float m_new = std::max(m, sink);
-        l = l * std::exp(m - m_new) + std::exp(sink - m_new);
-        inv_l = std::exp(m - m_new) / l;
-        m = m_new;
-      } else {
-        inv_l = 1.0f / l;
-      }
-      lse = m + std::log(l);
-      for (int64_t a = 0; a < p.Dv; ++a) row[a] = o[r * layout.row_stride + a * layout.col_stride];
-    } else {
-      std::fill_n(row, p.Dv, 0.0f);
-    }
+    const RowResult result = finish_row(m_run[r], l_run[r], sink_logit(p, h));
+    for (int64_t a = 0; a < p.Dv; ++a)
+      row[a] = m_run[r] == kNegInf ? 0.0f : o[r * layout.row_stride + a * layout.col_stride];
     store_row(p.out.data, p.out.dtype,
-              s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, row, inv_l);
-    if (p.lse) *lse_ptr(p, s, h, i) = lse;
+              s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, row,
+              result.out_factor);
+    if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
   }
 }
 

@@ -177,6 +177,21 @@ inline float sink_logit(const AttentionParams& p, int64_t h) {
   return p.sinks ? p.sinks[h * p.sinks_stride] : kNegInf;
 }
 
+// The end of a row's online softmax: from the running max m and sum l (over keys, m = -inf
+// when none was allowed) and the head's sink logit, lse = log(Σ e^s + e^sink) and the factor
+// that turns the running P·V sum into out. A row with no allowed key gives lse -inf and
+// factor 0 (out 0), with or without a sink.
+struct RowResult {
+  float lse, out_factor;
+};
+inline RowResult finish_row(float m, float l, float sink) {
+  if (m == kNegInf) return {kNegInf, 0.0f};
+  if (sink == kNegInf) return {m + std::log(l), 1.0f / l};
+  const float m_new = std::max(m, sink);
+  const float total = l * std::exp(m - m_new) + std::exp(sink - m_new);
+  return {m_new + std::log(total), std::exp(m - m_new) / total};
+}
+
 inline float* lse_ptr(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i) {
   return p.lse + s.batch * p.lse_stride_b + h * p.lse_stride_h + (s.q_begin + i) * p.lse_stride_i;
 }
