@@ -319,9 +319,11 @@ def test_bf16(rng):
 
 
 def test_bf16_rounds_inputs(rng):
-    """1 + 2^-10 is not a bf16 value: the bf16 path sees 1.0, the fp32 path does not."""
-    q, k, _ = qkv(rng)
-    v = np.full((2, 7, 4, 8), 1 + 2.0**-10, np.float32)
+    """1 + 2^-10 is not a bf16 value: the bf16 path sees 1.0, the fp32 path does not.
+    One key, so P = 1 exactly and the bf16 kernel's rounding of P (to feed its bf16 dot
+    products) cannot blur the 2^-10 difference."""
+    q, k, _ = qkv(rng, Lk=1)
+    v = np.full((2, 1, 4, 8), 1 + 2.0**-10, np.float32)
     np.testing.assert_allclose(multihead.attention(q, k, v, dtype="bfloat16"), 1.0, rtol=0, atol=1e-5)
     np.testing.assert_allclose(multihead.attention(q, k, v), 1 + 2.0**-10, rtol=0, atol=1e-5)
 

@@ -351,32 +351,26 @@ void MultiHeadAttention::State::prepare_weights(bool fused) {
     const bf16* src = t.data_as<bf16>();
     for (int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16_to_float(src[i]);
   };
-  if (packed && !low) {
-    wq = value[kInW].data_as<float>();
-  } else if (packed) {
+  // Input projections: read in place when stored as f32 and either already back to back
+  // (packed) or not needed so; else converted or gathered into one block.
+  if (!low && (packed || !fused)) {
+    wq = value[packed ? kInW : kQW].data_as<float>();
+    wk = packed ? wq + nq_e : value[kKW].data_as<float>();
+    wv = packed ? wk + nk_k : value[kVW].data_as<float>();
+  } else {
     float* w = w_in.get<float>(nq_e + nk_k + nv_v);
-    convert(value[kInW], w);
-    wq = w;
-  } else if (low || fused) {
-    float* w = w_in.get<float>(nq_e + nk_k + nv_v);
-    if (low) {
-      convert(value[kQW], w);
-      convert(value[kKW], w + nq_e);
-      convert(value[kVW], w + nq_e + nk_k);
-    } else {
-      std::memcpy(w, value[kQW].data(), value[kQW].nbytes());
-      std::memcpy(w + nq_e, value[kKW].data(), value[kKW].nbytes());
-      std::memcpy(w + nq_e + nk_k, value[kVW].data(), value[kVW].nbytes());
+    float* at = w;
+    for (Param p : {kInW, kQW, kKW, kVW}) {
+      if (!has(p)) continue;
+      if (low)
+        convert(value[p], at);
+      else
+        std::memcpy(at, value[p].data(), value[p].nbytes());
+      at += value[p].numel();
     }
     wq = w;
-  }
-  if (packed || low || fused) {
     wk = wq + nq_e;
     wv = wk + nk_k;
-  } else {
-    wq = value[kQW].data_as<float>();
-    wk = value[kKW].data_as<float>();
-    wv = value[kVW].data_as<float>();
   }
   if (!low) {
     wo = value[kOutW].data_as<float>();
