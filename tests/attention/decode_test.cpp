@@ -43,6 +43,15 @@ TEST(Decode, SplitKeysWithPaddingWindowAndBf16MatchOracle) {
   EXPECT_TRUE(reference::run_case(c, true).pass()) << c.describe();
 }
 
+// f32 K/V rows that are whole vectors are read in place, also from unaligned strided views.
+TEST(Decode, InPlaceRowsOfStridedViewsMatchOracle) {
+  for (reference::Layout layout : {reference::Layout::kPadded, reference::Layout::kHeadMajor}) {
+    Case c = decode_case(2, 2100, 4, 2, 128, 8);
+    c.layout = layout;
+    EXPECT_TRUE(reference::run_case(c, true).pass()) << c.describe();
+  }
+}
+
 TEST(Decode, SplitKeysBitwiseIdenticalForOneAndTwoThreads) {
   const Case c = decode_case(1, 4000, 2, 1, 128, 7);
   const reference::CaseInputs in = reference::materialize(c);

@@ -102,7 +102,7 @@ void pack_query_side(const AttentionParams& p, const BackwardParams& g, const Ti
     qs.lse[r] = *lse_ptr(p, s, hkv * p.group + r / n, i0 + r % n);
     // D = dO · O as fused multiply-adds in the order the micro-kernel sums dP = dO · v,
     // so dP - D cancels exactly where P is one-hot (O = v).
-    load_row(p.out.data, p.out.dtype, item_row_offset(p.out, p, s, hkv, i0, n, r), p.Dv, row);
+    load_row_simd(p.out.data, p.out.dtype, item_row_offset(p.out, p, s, hkv, i0, n, r), p.Dv, row);
     const float* dor = qs.dout + r * t.dv_vec;
     float sum = 0.0f;
     for (int64_t d = 0; d < p.Dv; ++d) sum = std::fma(row[d], dor[d], sum);
@@ -119,7 +119,7 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
   const int64_t N = row_vector();
   const bool softcap = p.softcap > 0.0f;
   // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
-  if (p.decode) scores_dot(qs.q_t, p.group * n, w.k, t, w.s_t, 1, t.rows_pad);
+  if (p.decode) scores_dot(qs.q_t, p.group * n, w.k, t.d_vec, kTileK, t, w.s_t, 1, t.rows_pad);
   else scores_t(qs.q_t, w.k, t.d_vec, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);

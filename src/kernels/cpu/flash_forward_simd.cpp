@@ -222,11 +222,27 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
   pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows, w.q);
   for (int64_t e = 0; e < rows * t.d_vec; ++e) w.q[e] *= p.scale;
   std::fill_n(w.o, rows * t.dv_vec, 0.0f);
+  // f32 K and V whose rows are whole vectors are read where they lie (decode is bound by
+  // reading them); otherwise tiles are packed (converted, padded). A mask or bias may zero
+  // V rows, which must not happen in the caller's tensor.
+  const bool in_place = p.k.dtype == DType::kF32 && p.v.dtype == DType::kF32 && p.D == t.d_vec &&
+                        p.Dv == t.dv_vec && !p.mask.data && !p.bias.data;
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
-    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
-    scores_dot(w.q, rows, w.k, t, w.s_t, kTileK, 1);  // S[r, c] = q_r · k_c
+    const float *k_rows = w.k, *v_rows = w.v;
+    int64_t k_stride = t.d_vec, v_stride = t.dv_vec;
+    if (in_place) {
+      k_rows = static_cast<const float*>(p.k.data) + s.batch * p.k.stride_b + (s.k_begin + j0) * p.k.stride_l +
+               hkv * p.k.stride_h;
+      v_rows = static_cast<const float*>(p.v.data) + s.batch * p.v.stride_b + (s.k_begin + j0) * p.v.stride_l +
+               hkv * p.v.stride_h;
+      k_stride = p.k.stride_l;
+      v_stride = p.v.stride_l;
+    } else {
+      pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+      pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    }
+    scores_dot(w.q, rows, k_rows, k_stride, nk, t, w.s_t, kTileK, 1);  // S[r, c] = q_r · k_c
     for (int64_t r = 0; r < rows; ++r) {
       float* srow = w.s_t + r * kTileK;
       modify_scores_column(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, srow, 1);
@@ -242,7 +258,7 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
         if (!attended) std::fill_n(w.v + c * t.dv_vec, t.dv_vec, 0.0f);  // 0 · garbage V
       }
     // O += P V
-    outer_product(w.v, t.dv_vec, w.s_t, kTileK, 1, nk, rows, t.dv_vec, w.o, true);
+    outer_product(v_rows, v_stride, w.s_t, kTileK, 1, nk, rows, t.dv_vec, w.o, true);
   }
 }
 
@@ -276,7 +292,7 @@ void write_probs(const AttentionParams& p, const TileShape& t, const SequenceSpa
     const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
     // The forward's own scoring, so exp(s - lse) is consistent with lse.
     pack_rows(p.k, s, hkv, j0, nk_valid, p.D, t.d_vec, w.k);
-    if (p.decode) scores_dot(w.q, rows, w.k, t, w.s_t, 1, t.rows_pad);
+    if (p.decode) scores_dot(w.q, rows, w.k, t.d_vec, kTileK, t, w.s_t, 1, t.rows_pad);
     else scores_t(w.q_t, w.k, t.d_vec, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk_valid, t, w.s_t);
     for (int64_t r = 0; r < rows; ++r) {

@@ -67,8 +67,8 @@ HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, cons
     acc1[a] = accumulate ? hn::Load(d, out + a * out_stride + N) : hn::Zero(d);
   }
   for (int64_t x = 0; x < X; ++x) {
-    const V v0 = hn::Load(d, vec + x * vstride);
-    const V v1 = hn::Load(d, vec + x * vstride + N);
+    const V v0 = hn::LoadU(d, vec + x * vstride);  // may be a caller's row (decode)
+    const V v1 = hn::LoadU(d, vec + x * vstride + N);
     const float* s = sc + x * sx;
     for (int a = 0; a < A; ++a) {
       const V b = hn::Set(d, s[a * sa]);
@@ -108,6 +108,27 @@ HWY_INLINE void outer_product(const float* HWY_RESTRICT vec, int64_t vstride, co
   }
 }
 
+// dst[0, n) = a row of any float dtype as f32, converting whole vectors at a time.
+inline void load_row_simd(const void* base, DType dtype, int64_t offset, int64_t n, float* HWY_RESTRICT dst) {
+  const FloatTag d;
+  const int64_t N = row_vector();
+  int64_t i = 0;
+  if (dtype == DType::kF32) {
+    std::copy_n(static_cast<const float*>(base) + offset, n, dst);
+    return;
+  }
+  if (dtype == DType::kBF16) {
+    const hn::Rebind<hwy::bfloat16_t, FloatTag> dh;
+    const auto* src = reinterpret_cast<const hwy::bfloat16_t*>(static_cast<const bf16*>(base) + offset);
+    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, src + i)), d, dst + i);
+  } else if (dtype == DType::kF16) {
+    const hn::Rebind<hwy::float16_t, FloatTag> dh;
+    const auto* src = reinterpret_cast<const hwy::float16_t*>(static_cast<const f16*>(base) + offset);
+    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, src + i)), d, dst + i);
+  }
+  for (; i < n; ++i) dst[i] = load_float(base, dtype, offset + i);
+}
+
 // The rows of an item: row r = (query head hkv·group + r / n, query i0 + r % n) of a
 // (B, Lq, H, dim) activation (q, dout, out).
 inline int64_t item_row_offset(const Activation& a, const AttentionParams& p, const SequenceSpan& s, int64_t hkv,
@@ -122,7 +143,7 @@ inline void pack_item_rows_t(const Activation& a, int64_t dim, float mul, const 
                              float* row, float* out) {
   std::fill_n(out, dim * t.rows_pad, 0.0f);
   for (int64_t r = 0; r < p.group * n; ++r) {
-    load_row(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, row);
+    load_row_simd(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, row);
     for (int64_t d = 0; d < dim; ++d) out[d * t.rows_pad + r] = row[d] * mul;
   }
 }
@@ -133,7 +154,7 @@ inline void pack_item_rows(const Activation& a, int64_t dim, int64_t stride, con
                            float* out) {
   std::fill_n(out, rows_out * stride, 0.0f);
   for (int64_t r = 0; r < p.group * n; ++r)
-    load_row(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, out + r * stride);
+    load_row_simd(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, out + r * stride);
 }
 
 // Qᵀ (D x rows_pad), times scale.
@@ -148,8 +169,8 @@ inline void pack_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, i
                       int64_t dim, int64_t stride, float* out) {
   for (int64_t c = 0; c < nk; ++c) {
     float* dst = out + c * stride;
-    load_row(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h, dim,
-             dst);
+    load_row_simd(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h,
+                  dim, dst);
     std::fill(dst + dim, dst + stride, 0.0f);
   }
   std::fill(out + nk * stride, out + kTileK * stride, 0.0f);
@@ -163,18 +184,19 @@ inline void scores_t(const float* q_t, const float* k_rows, int64_t k_stride, in
 
 // S = (scale·q)·k for decode calls: one dot product along D per (row, key), vectors along
 // D then a horizontal sum, written to s[r·rs + c·cs] for keys [0, kTileK). q (rows x d_vec)
-// holds scaled queries, k (kTileK x d_vec) keys, both zero-padded. The forward, its probs
+// holds scaled queries, k (nk rows of stride k_stride, d_vec wide) keys, both zero-padded;
+// keys past nk are left for modify_scores to mask. The forward, its probs
 // and the backward all score decode calls here, so P is recomputed bit for bit.
-inline void scores_dot(const float* HWY_RESTRICT q, int64_t rows, const float* HWY_RESTRICT k, const TileShape& t,
-                       float* HWY_RESTRICT s, int64_t rs, int64_t cs) {
+inline void scores_dot(const float* HWY_RESTRICT q, int64_t rows, const float* HWY_RESTRICT k, int64_t k_stride,
+                       int64_t nk, const TileShape& t, float* HWY_RESTRICT s, int64_t rs, int64_t cs) {
   const FloatTag d;
   const int64_t N = row_vector();
-  for (int64_t c = 0; c < kTileK; ++c) {
-    const float* kc = k + c * t.d_vec;
+  for (int64_t c = 0; c < nk; ++c) {
+    const float* kc = k + c * k_stride;
     for (int64_t r = 0; r < rows; ++r) {
       const float* qr = q + r * t.d_vec;
       auto acc = hn::Zero(d);
-      for (int64_t x = 0; x < t.d_vec; x += N) acc = hn::MulAdd(hn::Load(d, qr + x), hn::Load(d, kc + x), acc);
+      for (int64_t x = 0; x < t.d_vec; x += N) acc = hn::MulAdd(hn::Load(d, qr + x), hn::LoadU(d, kc + x), acc);
       s[r * rs + c * cs] = hn::GetLane(hn::SumOfLanes(d, acc));
     }
   }
