@@ -62,8 +62,13 @@ struct AttentionOptions {
 
 struct ForwardOutputs {
   TensorView out;                   // (B, Lq, H, Dv), any float dtype
-  std::optional<TensorView> lse;    // (B, H, Lq) f32; -inf for fully masked rows
-  std::optional<TensorView> probs;  // (B, H, Lq, Lk) f32, exact probabilities
+  std::optional<TensorView> lse{};    // (B, H, Lq) f32; -inf for fully masked rows
+  std::optional<TensorView> probs{};  // (B, H, Lq, Lk) f32, exact probabilities
+  // Streaming per-head statistics of each query row, without an Lq x Lk buffer:
+  // (B, H, Lq, 3) f32 = [entropy of P_i in nats, max_j P_ij, argmax_j P_ij (as a float,
+  // the first on ties)]; a fully masked row gives [0, 0, -1]. Over keys (a sink's share
+  // is not a key). Varlen: (1, H, total_q, 3).
+  std::optional<TensorView> head_stats{};
 };
 
 // Writes out (and lse/probs when given). Throws multihead::Error before writing
@@ -75,8 +80,8 @@ struct BackwardOutputs {
   TensorView dq;                    // shape of q, any float dtype
   TensorView dk;                    // shape of k
   TensorView dv;                    // shape of v
-  std::optional<TensorView> dbias;  // f32, shape of options.bias (reduced over its broadcast dims)
-  std::optional<TensorView> dsinks; // f32 (H)
+  std::optional<TensorView> dbias{};   // f32, shape of options.bias (reduced over its broadcast dims)
+  std::optional<TensorView> dsinks{};  // f32 (H)
 };
 
 // dout (B, Lq, H, Dv); out and lse as written by attention_forward with the same options.

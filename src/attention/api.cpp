@@ -26,10 +26,10 @@ int64_t aligned_floats(int64_t floats) { return (floats + 15) / 16 * 16; }
 void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                        const ForwardOutputs& outputs, const AttentionOptions& options) {
   const detail::ProblemSizes sizes = detail::validate_forward(q, k, v, outputs, options);
-  // Probabilities are exp(s - lse): without a caller's lse, keep one of our own.
+  // Probabilities and statistics come from exp(s - lse): without a caller's lse, keep one.
   Tensor own_lse;
   ForwardOutputs planned = outputs;
-  if (outputs.probs && !outputs.lse) {
+  if ((outputs.probs || outputs.head_stats) && !outputs.lse) {
     own_lse = Tensor::empty(DType::kF32, {sizes.B, sizes.H, sizes.Lq});
     planned.lse = own_lse.view();
   }

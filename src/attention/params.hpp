@@ -33,6 +33,9 @@ struct SequenceSpan {
   int64_t kv_offset = 0;  // diagonal: query i is aligned with key i + kv_offset
 };
 
+// Query rows per portable work item (and per SIMD group item, all heads together).
+inline constexpr int64_t kTileQ = 64;
+
 // Calls whose sequences have at most this many queries (decoding) run the SIMD kernels'
 // decode path and may have their keys split (AttentionParams::kv_splits). Chosen by the
 // query length alone, so GQA and MHA with repeated K/V take the same path.
@@ -76,6 +79,8 @@ struct AttentionParams {
   int64_t lse_stride_b = 0, lse_stride_h = 0, lse_stride_i = 0;
   float* probs = nullptr;              // (B, H, Lq, Lk), optional
   int64_t probs_stride_b = 0, probs_stride_h = 0, probs_stride_i = 0, probs_stride_j = 0;
+  float* head_stats = nullptr;         // (B, H, Lq, 3), optional: entropy, max P, argmax
+  int64_t stats_stride_b = 0, stats_stride_h = 0, stats_stride_i = 0, stats_stride_k = 0;
 
   // Tiling.
   int64_t tile_q = 64, tile_k = 64;

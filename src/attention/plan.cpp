@@ -11,7 +11,6 @@ namespace multihead::detail {
 namespace {
 
 // Tile sizes: a 64 x 64 score tile with its Q/K/V rows stays in L2 for D <= 256.
-constexpr int64_t kTileQ = 64;
 constexpr int64_t kTileK = 64;
 // Decode splits: decode calls with fewer than kSplitBelowHeads (sequence, query head)
 // pairs get up to kMaxSplits key chunks of at least kSplitKeys each.
@@ -93,6 +92,11 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
     const TensorView& t = *outputs.probs;
     p.probs = static_cast<float*>(t.data);
     p.probs_stride_b = t.strides[0], p.probs_stride_h = t.strides[1], p.probs_stride_i = t.strides[2], p.probs_stride_j = t.strides[3];
+  }
+  if (outputs.head_stats) {
+    const TensorView& t = *outputs.head_stats;
+    p.head_stats = static_cast<float*>(t.data);
+    p.stats_stride_b = t.strides[0], p.stats_stride_h = t.strides[1], p.stats_stride_i = t.strides[2], p.stats_stride_k = t.strides[3];
   }
 
   p.tile_q = kTileQ;

@@ -180,7 +180,8 @@ void check_cu_seqlens(const Named& t, int64_t total, const char* total_name) {
 
 const std::vector<const char*> kQ = {"B", "Lq", "H", "D"}, kK = {"B", "Lk", "Hkv", "D"},
                                 kV = {"B", "Lk", "Hkv", "Dv"}, kOut = {"B", "Lq", "H", "Dv"},
-                                kLse = {"B", "H", "Lq"}, kProbs = {"B", "H", "Lq", "Lk"};
+                                kLse = {"B", "H", "Lq"}, kProbs = {"B", "H", "Lq", "Lk"},
+                                kStats = {"B", "H", "Lq", "3"};
 
 }  // namespace
 
@@ -326,6 +327,10 @@ ProblemSizes validate_forward(const TensorView& q, const TensorView& k, const Te
   if (outputs.probs) {
     outs.push_back({*outputs.probs, "probs", kProbs});
     check_f32_output(outs.back(), {s.B, s.H, s.Lq, s.Lk});
+  }
+  if (outputs.head_stats) {
+    outs.push_back({*outputs.head_stats, "head_stats", kStats});
+    check_f32_output(outs.back(), {s.B, s.H, s.Lq, 3});
   }
   std::vector<Named> ins{{q, "q", kQ}, {k, "k", kK}, {v, "v", kV}};
   for (Named& n : option_inputs(options)) ins.push_back(n);

@@ -122,6 +122,27 @@ void probs_item(const AttentionParams& p, const WorkItem& item, const ForwardScr
   }
 }
 
+// Per-head statistics of each row from exp(s - lse) over its key range, recomputed like
+// the probabilities.
+void stats_item(const AttentionParams& p, const WorkItem& item, const ForwardScratch& w) {
+  const SequenceSpan& s = p.seqs[item.seq];
+  const int64_t h = item.head, hkv = h / p.group;
+  const int64_t i0 = item.begin, n = item.end - item.begin;
+  RowStats stats[kTileQ];  // n <= tile_q = kTileQ
+  load_q_tile(p, s, h, i0, n, w.q_tile);
+  const int64_t j_begin = key_range(p, s, i0).lo, j_end = key_range(p, s, i0 + n - 1).hi;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += p.tile_k) {
+    const int64_t nk = std::min(p.tile_k, j_end - j0);
+    load_transposed(p.k, s, hkv, j0, nk, p.D, w.row, w.k_t);
+    score_tile(p, s, h, i0, n, j0, nk, w.q_tile, w.k_t, w.S, nullptr);
+    for (int64_t r = 0; r < n; ++r) {
+      const float lse = *lse_ptr(p, s, h, i0 + r);
+      for (int64_t c = 0; c < nk; ++c) stats[r].add(w.S[r * nk + c], lse, j0 + c);
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) store_row_stats(p, s, h, i0 + r, stats[r], *lse_ptr(p, s, h, i0 + r));
+}
+
 }  // namespace
 
 int64_t forward_portable_scratch_floats(const AttentionParams& p) {
@@ -138,6 +159,7 @@ void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t sc
     for (int64_t t = 0; t < count; ++t) {
       forward_item(p, p.q_items[t], w);
       if (p.probs) probs_item(p, p.q_items[t], w);
+      if (p.head_stats) stats_item(p, p.q_items[t], w);
     }
   }
 }

@@ -36,6 +36,7 @@ struct ForwardTiles {
   float* l;     // rows_pad            running sum
   float* corr;  // rows_pad            e^(m_old - m_new)
   float* row;   // max(D, Dv, kTileK)  conversion buffer
+  float* stats;  // rows_pad x 3       RowStats (head_stats)
   // bf16 pairs for vdpbf16ps (bf16 inputs on AVX512-BF16), one uint32 per pair:
   uint32_t* q_pairs;  // D/2 x rows_pad     Qᵀ, unscaled
   uint32_t* k_pairs;  // kTileK x D/2       K rows
@@ -56,6 +57,8 @@ ForwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
   w.l = take(t.rows_pad);
   w.corr = take(t.rows_pad);
   w.row = take(std::max({p.D, p.Dv, kTileK}));
+  w.stats = take(3 * t.rows_pad);
+  static_assert(sizeof(RowStats) == 3 * sizeof(float));
   const int64_t d2 = (p.D + 1) / 2;
   w.q_pairs = reinterpret_cast<uint32_t*>(take(d2 * t.rows_pad));
   w.k_pairs = reinterpret_cast<uint32_t*>(take(kTileK * d2));
@@ -277,24 +280,56 @@ void finalize(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int6
   }
 }
 
+// The forward's own scores of an item (either path) for keys [j0, j0 + nk) into Sᵀ, so
+// that exp(s - lse) is consistent with lse; queries packed by pack_rescore_queries.
+void pack_rescore_queries(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
+                          int64_t i0, int64_t n, const ForwardTiles& w) {
+  if (p.decode) {
+    pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, p.group * n, w.q);
+    for (int64_t e = 0; e < p.group * n * t.d_vec; ++e) w.q[e] *= p.scale;
+  } else {
+    pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
+  }
+}
+void rescore(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+             int64_t n, int64_t j0, int64_t nk, const ForwardTiles& w) {
+  pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+  if (p.decode) scores_dot(w.q, p.group * n, w.k, t.d_vec, kTileK, t, w.s_t, 1, t.rows_pad);
+  else scores_t(w.q_t, w.k, t.d_vec, p.D, t, w.s_t);
+  modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
+}
+
+// Per-head statistics of every row of an item (RowStats per row, keys in order).
+void write_stats(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+                 int64_t n, const ForwardTiles& w) {
+  const int64_t rows = p.group * n;
+  RowStats* stats = reinterpret_cast<RowStats*>(w.stats);
+  for (int64_t r = 0; r < rows; ++r) stats[r] = RowStats{};
+  pack_rescore_queries(p, t, s, hkv, i0, n, w);
+  const int64_t j_begin = first_tile(p, s, i0), j_end = key_range(p, s, i0 + n - 1).hi;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
+    const int64_t nk = std::min(kTileK, j_end - j0);
+    rescore(p, t, s, hkv, i0, n, j0, nk, w);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float lse = *lse_ptr(p, s, hkv * p.group + r / n, i0 + r % n);
+      for (int64_t c = 0; c < nk; ++c) stats[r].add(w.s_t[c * t.rows_pad + r], lse, j0 + c);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
+    store_row_stats(p, s, h, i, stats[r], *lse_ptr(p, s, h, i));
+  }
+}
+
 // probs = exp(s - lse) over every key column, recomputed from the final lse.
 void write_probs(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                  int64_t n, const ForwardTiles& w) {
   const int64_t rows = p.group * n;
-  if (p.decode) {
-    pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows, w.q);
-    for (int64_t e = 0; e < rows * t.d_vec; ++e) w.q[e] *= p.scale;
-  } else {
-    pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
-  }
+  pack_rescore_queries(p, t, s, hkv, i0, n, w);
   for (int64_t j0 = 0; j0 < p.Lk; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, p.Lk - j0);
     const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
-    // The forward's own scoring, so exp(s - lse) is consistent with lse.
-    pack_rows(p.k, s, hkv, j0, nk_valid, p.D, t.d_vec, w.k);
-    if (p.decode) scores_dot(w.q, rows, w.k, t.d_vec, kTileK, t, w.s_t, 1, t.rows_pad);
-    else scores_t(w.q_t, w.k, t.d_vec, p.D, t, w.s_t);
-    modify_scores(p, s, hkv, i0, n, j0, nk_valid, t, w.s_t);
+    rescore(p, t, s, hkv, i0, n, j0, nk_valid, w);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
       const float lse = *lse_ptr(p, s, h, i);
@@ -372,6 +407,7 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
       if (splits == 1) {
         finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, layout, w.row);
         if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
+        if (p.head_stats) write_stats(p, t, s, item.head, item.begin, n, w);
         continue;
       }
       // Park the partial: m, l, then O row-major.
@@ -406,6 +442,7 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
         }
         finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, {p.Dv, 1}, w.row);
         if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
+        if (p.head_stats) write_stats(p, t, s, item.head, item.begin, n, w);
       }
     }
   }

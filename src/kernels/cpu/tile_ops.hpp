@@ -192,6 +192,28 @@ inline RowResult finish_row(float m, float l, float sink) {
   return {m_new + std::log(total), std::exp(m - m_new) / total};
 }
 
+// Per-head statistics of one row, accumulated over its scores (any order of tiles, keys
+// increasing within and across tiles): entropy = -Σ P (s - lse), the largest score and
+// the first key that has it.
+struct RowStats {
+  float entropy = 0.0f, best = kNegInf, argmax = -1.0f;
+  void add(float score, float lse, int64_t j) {
+    if (score == kNegInf) return;
+    const float logp = score - lse;
+    entropy -= std::exp(logp) * logp;
+    if (score > best) best = score, argmax = float(j);
+  }
+};
+
+inline void store_row_stats(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i,
+                            const RowStats& st, float lse) {
+  float* dst = p.head_stats + s.batch * p.stats_stride_b + h * p.stats_stride_h + (s.q_begin + i) * p.stats_stride_i;
+  const bool empty = lse == kNegInf;
+  dst[0] = empty ? 0.0f : st.entropy;
+  dst[p.stats_stride_k] = empty ? 0.0f : std::exp(st.best - lse);
+  dst[2 * p.stats_stride_k] = empty ? -1.0f : st.argmax;
+}
+
 inline float* lse_ptr(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i) {
   return p.lse + s.batch * p.lse_stride_b + h * p.lse_stride_h + (s.q_begin + i) * p.lse_stride_i;
 }
