@@ -179,11 +179,12 @@ void set_cu_seqlens(Options& o, const py::object& cu_seqlens_q, const py::object
 int64_t dim(const mh::TensorView& t, int d) { return d < t.rank ? t.shape[d] : 0; }
 
 py::object forward(const mh::TensorView& q, const mh::TensorView& k, const mh::TensorView& v,
-                   const mh::AttentionOptions& options, bool return_lse, bool return_probs, bool packed) {
+                   const mh::AttentionOptions& options, bool return_lse, bool return_probs, bool packed,
+                   bool return_stats = false) {
   const int64_t B = dim(q, 0), Lq = dim(q, 1), H = dim(q, 2), Lk = dim(k, 1), Dv = dim(v, 3);
   Output out = new_output({B, Lq, H, Dv}, packed);
-  std::optional<Output> lse, probs;
-  mh::ForwardOutputs outputs{out.view, std::nullopt, std::nullopt};
+  std::optional<Output> lse, probs, stats;
+  mh::ForwardOutputs outputs{out.view};
   if (return_lse) {
     lse = new_output({B, H, Lq}, packed);
     outputs.lse = lse->view;
@@ -192,14 +193,20 @@ py::object forward(const mh::TensorView& q, const mh::TensorView& k, const mh::T
     probs = new_output({B, H, Lq, Lk}, packed);
     outputs.probs = probs->view;
   }
+  if (return_stats) {
+    stats = new_output({B, H, Lq, 3}, false);
+    outputs.head_stats = stats->view;
+  }
   {
     py::gil_scoped_release release;
     mh::attention_forward(q, k, v, outputs, options);
   }
-  if (!lse && !probs) return std::move(out.array);
-  if (!probs) return py::make_tuple(out.array, lse->array);
-  if (!lse) return py::make_tuple(out.array, probs->array);
-  return py::make_tuple(out.array, lse->array, probs->array);
+  if (!lse && !probs && !stats) return std::move(out.array);
+  py::list results;  // out, then lse, probs, stats in that order, each when asked for
+  results.append(out.array);
+  for (const std::optional<Output>* extra : {&lse, &probs, &stats})
+    if (*extra) results.append((*extra)->array);
+  return py::tuple(results);
 }
 
 py::tuple backward(const mh::TensorView& dout, const mh::TensorView& q, const mh::TensorView& k,
@@ -226,11 +233,11 @@ py::tuple backward(const mh::TensorView& dout, const mh::TensorView& q, const mh
 }
 
 py::object attention(const py::object& q, const py::object& k, const py::object& v, MULTIHEAD_OPTION_PARAMS,
-                     bool return_lse, bool return_probs, const std::string& dtype) {
+                     bool return_lse, bool return_probs, bool return_stats, const std::string& dtype) {
   Options o = parse_options(MULTIHEAD_OPTION_NAMES, dtype);
   const Operand q_ = to_operand(q, "q", o.dtype), k_ = to_operand(k, "k", o.dtype),
                 v_ = to_operand(v, "v", o.dtype);
-  return forward(q_.view, k_.view, v_.view, o.attention, return_lse, return_probs, false);
+  return forward(q_.view, k_.view, v_.view, o.attention, return_lse, return_probs, false, return_stats);
 }
 
 py::tuple attention_backward(const py::object& dout, const py::object& q, const py::object& k,
@@ -302,15 +309,17 @@ PYBIND11_MODULE(_multihead, m) {
   });
 
   m.def("attention", &attention,
-        "attention(q, k, v, *, ...) -> out | (out, lse) | (out, probs) | (out, lse, probs)\n\n"
+        "attention(q, k, v, *, ...) -> out, or (out, lse?, probs?, stats?) for what is asked\n\n"
         "q (B, Lq, H, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv): float arrays, any strides.\n"
         "causal: None, 'top_left' or 'bottom_right'; window: (left, right), -1 = unbounded;\n"
         "mask: bool, True = may attend, and bias: float, both broadcast to (B, H, Lq, Lk);\n"
         "seqlens_k: int (B,); alibi_slopes, sinks: float (H,); dtype: 'float32', 'bfloat16'\n"
         "or 'float16' (q, k, v are rounded to it). Results are float32: out (B, Lq, H, Dv),\n"
-        "lse (B, H, Lq), probs (B, H, Lq, Lk).",
+        "lse (B, H, Lq), probs (B, H, Lq, Lk); return_stats adds per-head statistics\n"
+        "(B, H, Lq, 3) = [entropy, max probability, argmax key] computed without probs.",
         py::arg("q"), py::arg("k"), py::arg("v"), py::kw_only(), MULTIHEAD_OPTION_ARGS,
-        py::arg("return_lse") = false, py::arg("return_probs") = false, py::arg("dtype") = "float32");
+        py::arg("return_lse") = false, py::arg("return_probs") = false, py::arg("return_stats") = false,
+        py::arg("dtype") = "float32");
   m.def("attention_backward", &attention_backward,
         "attention_backward(dout, q, k, v, out, lse, *, ...) -> (dq, dk, dv, dbias, dsinks)\n\n"
         "Options as for attention(); dbias (shape of bias) and dsinks (H,) are None when\n"

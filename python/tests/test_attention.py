@@ -470,3 +470,18 @@ def test_random_compositions():
         except AssertionError as e:
             raise AssertionError(f"seed {seed} case {case}: shapes {q.shape} {k.shape} {v.shape}, "
                                  f"options {sorted(opts)}: {e}") from None
+
+
+def test_return_stats_matches_probs(rng):
+    """Streaming per-head statistics equal entropy, max and argmax of the exact probabilities."""
+    q, k, v = qkv(rng, Lq=9, Lk=33, H=4, Hkv=2, D=16)
+    out, probs, stats = multihead.attention(q, k, v, causal="bottom_right", return_probs=True,
+                                            return_stats=True)
+    assert stats.shape == (2, 4, 9, 3)
+    p = probs.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
+    np.testing.assert_allclose(stats[..., 0], entropy, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats[..., 1], p.max(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(stats[..., 2], p.argmax(-1))
+    np.testing.assert_array_equal(out, multihead.attention(q, k, v, causal="bottom_right"))
