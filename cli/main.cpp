@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "bench_command.hpp"
+#include "demo_command.hpp"
 #include "io/inspect.hpp"
 #include "multihead/multihead.hpp"
 #include "reference/cases.hpp"
@@ -135,6 +136,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
 
   add_bench_command(app);
+  add_demo_command(app);
   CLI11_PARSE(app, argc, argv);
 
   try {

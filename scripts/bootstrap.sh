@@ -12,6 +12,7 @@ packages=(
   pybind11-dev python3-dev python3-numpy     # Python bindings
   python3-pytest python3-torch               # Python tests, PyTorch as a second oracle
   clang libclang-rt-14-dev                   # libFuzzer (fuzz/run.sh)
+  libpng-dev chromium                        # demo: heads.png, headless render test of attention.html
 )
 
 missing=()

@@ -1,0 +1,132 @@
+// The demo's tiny transformer: gradients against finite differences, determinism, the
+// task, and short training runs. Compiled only where the build adds the examples/ include
+// directory (and links tiny_transformer).
+#if __has_include("tiny_transformer/train.hpp")
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include "tiny_transformer/train.hpp"
+
+namespace tt = tiny_transformer;
+
+namespace {
+
+tt::ModelConfig small_model() {
+  tt::ModelConfig m;
+  m.vocab = 7, m.seq_len = 6, m.d_model = 8, m.heads = 2, m.layers = 2, m.mlp_hidden = 12, m.seed = 5;
+  return m;
+}
+
+// tokens, targets (2, 6)
+double loss_of(tt::TinyTransformer& model, const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets,
+               const std::vector<float>& weights, std::vector<float>* dlogits) {
+  return tt::cross_entropy(model.forward(tokens, 2, 6), model.config().vocab, targets, weights, dlogits).loss;
+}
+
+}  // namespace
+
+TEST(TinyTransformer, GradientsMatchFiniteDifferences) {
+  tt::TinyTransformer model(small_model());
+  tt::Rng rng(11);
+  std::vector<int32_t> tokens(12), targets(12);
+  std::vector<float> weights(12, 1.0f);
+  for (auto& t : tokens) t = int32_t(rng.uniform_int(7));
+  for (auto& t : targets) t = int32_t(rng.uniform_int(7));
+  // Untrained weights are tiny; spread them so every path carries gradient.
+  for (tt::ParamSlot& s : model.parameters())
+    for (int64_t i = 0; i < s.size; ++i) s.value[i] += float(0.3 * rng.normal());
+
+  std::vector<float> dlogits;
+  for (tt::ParamSlot& s : model.parameters()) std::fill_n(s.grad, s.size, 0.0f);
+  loss_of(model, tokens, targets, weights, &dlogits);
+  model.backward(dlogits);
+
+  constexpr float kEps = 1e-2f;
+  int checked = 0;
+  for (tt::ParamSlot& s : model.parameters()) {
+    for (int64_t i : {int64_t(0), s.size / 2, s.size - 1}) {
+      const float saved = s.value[i];
+      s.value[i] = saved + kEps;
+      const double up = loss_of(model, tokens, targets, weights, nullptr);
+      s.value[i] = saved - kEps;
+      const double down = loss_of(model, tokens, targets, weights, nullptr);
+      s.value[i] = saved;
+      const double numeric = (up - down) / (2 * kEps);
+      EXPECT_NEAR(s.grad[i], numeric, 2e-3 + 3e-2 * std::abs(numeric)) << s.name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 30);
+}
+
+TEST(TinyTransformer, TrainingIsDeterministicAndSameWidthModelsMatchInSize) {
+  tt::DemoConfig c;
+  c.steps = 5;
+  tt::TinyTransformer a(tt::model_config(c, 4)), b(tt::model_config(c, 4)), single(tt::model_config(c, 1));
+  EXPECT_EQ(tt::train(a, c, "a", nullptr).losses, tt::train(b, c, "b", nullptr).losses);
+  EXPECT_EQ(a.num_parameters(), single.num_parameters());
+  EXPECT_EQ(a.flops_per_token(64), single.flops_per_token(64));
+}
+
+TEST(TinyTransformer, TaskRepeatsWithItsPeriodAndControlDoesNot) {
+  tt::TaskConfig task;
+  const tt::Batch rep = tt::make_batch(task, 8, 3, tt::BatchKind::kRepeated);
+  for (int64_t b = 0; b < rep.B; ++b) {
+    ASSERT_GE(rep.period[b], task.min_period);
+    ASSERT_LE(rep.period[b], task.max_period);
+    for (int64_t i = rep.period[b]; i < rep.L; ++i)
+      ASSERT_EQ(rep.tokens[b * rep.L + i], rep.tokens[b * rep.L + i - rep.period[b]]);
+  }
+  const tt::Batch control = tt::make_batch(task, 8, 3, tt::BatchKind::kControl);
+  for (int64_t p : control.period) EXPECT_EQ(p, 0);
+  EXPECT_EQ(tt::make_batch(task, 8, 3, tt::BatchKind::kRepeated).tokens, rep.tokens);  // seeded
+}
+
+// A tiny setting of the whole demo: it runs, its loss falls, it writes both pictures.
+TEST(TinyTransformer, TinyDemoRunsAndLossFalls) {
+  tt::DemoConfig c;
+  c.steps = 150;
+  c.task.vocab = 8, c.task.seq_len = 16, c.task.min_period = 3, c.task.max_period = 8;
+  c.d_model = 32, c.mlp_hidden = 32, c.batch = 16, c.eval_batch = 16;
+  const std::filesystem::path out = std::filesystem::path(testing::TempDir()) / "tiny_demo";
+  std::filesystem::remove_all(out);
+  std::FILE* sink = std::fopen("/dev/null", "w");
+  const tt::DemoResult d = tt::run_demo(c, out.string(), nullptr, sink);
+  std::fclose(sink);
+
+  const auto mean = [](const std::vector<float>& v, size_t from, size_t to) {
+    return std::accumulate(v.begin() + from, v.begin() + to, 0.0) / double(to - from);
+  };
+  const std::vector<float>& losses = d.multi.losses;
+  EXPECT_LT(mean(losses, losses.size() - 20, losses.size()), mean(losses, 0, 20) - 0.1);
+  EXPECT_EQ(d.heads.size(), 8u);
+
+  std::ifstream png(d.png_path, std::ios::binary);
+  char sig[8] = {};
+  png.read(sig, 8);
+  EXPECT_EQ(std::string(sig + 1, 3), "PNG");
+  std::ifstream html(d.html_path);
+  const std::string page((std::istreambuf_iterator<char>(html)), std::istreambuf_iterator<char>());
+  EXPECT_NE(page.find("const DATA = "), std::string::npos);
+  EXPECT_EQ(page.find("http"), std::string::npos) << "the page must not load anything";
+}
+
+// The claims at the default setting (about a minute on 2 cores). Disabled: at the
+// first defaults they do not hold reliably. Measured (1500 steps, loss on the repeated half,
+// 4-head vs 1-head): seed 1: 1.93 vs 1.01; seed 2: 0.68 vs 1.95 (four induction heads);
+// seed 3: 2.00 vs 1.95. Run with --gtest_also_run_disabled_tests.
+TEST(TinyTransformerDefault, DISABLED_MultiHeadBeatsSingleHeadAndLearnsAnInductionHead) {
+  const tt::DemoConfig c;
+  const std::filesystem::path out = std::filesystem::path(testing::TempDir()) / "default_demo";
+  const tt::DemoResult d = tt::run_demo(c, out.string(), nullptr, stdout);
+  EXPECT_LT(d.multi.eval.repeated.loss, d.single.eval.repeated.loss - 0.25)
+      << "multi-head should reach clearly lower loss on the repeated half";
+  EXPECT_GE(tt::count_role(d.heads, "induction"), 1);
+}
+
+#endif
