@@ -225,27 +225,14 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
   pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows, w.q);
   for (int64_t e = 0; e < rows * t.d_vec; ++e) w.q[e] *= p.scale;
   std::fill_n(w.o, rows * t.dv_vec, 0.0f);
-  // f32 K and V whose rows are whole vectors are read where they lie (decode is bound by
-  // reading them); otherwise tiles are packed (converted, padded). A mask or bias may zero
-  // V rows, which must not happen in the caller's tensor.
-  const bool in_place = p.k.dtype == DType::kF32 && p.v.dtype == DType::kF32 && p.D == t.d_vec &&
-                        p.Dv == t.dv_vec && !p.mask.data && !p.bias.data;
+  // K and V tiles are packed even when f32: rows of a (B, Lk, Hkv, D) tensor lie Hkv·D
+  // apart, often a multiple of 4 KiB, and reading them in place thrashes L1 sets (measured:
+  // 2.5x slower on S3).
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    const float *k_rows = w.k, *v_rows = w.v;
-    int64_t k_stride = t.d_vec, v_stride = t.dv_vec;
-    if (in_place) {
-      k_rows = static_cast<const float*>(p.k.data) + s.batch * p.k.stride_b + (s.k_begin + j0) * p.k.stride_l +
-               hkv * p.k.stride_h;
-      v_rows = static_cast<const float*>(p.v.data) + s.batch * p.v.stride_b + (s.k_begin + j0) * p.v.stride_l +
-               hkv * p.v.stride_h;
-      k_stride = p.k.stride_l;
-      v_stride = p.v.stride_l;
-    } else {
-      pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
-      pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
-    }
-    scores_dot(w.q, rows, k_rows, k_stride, nk, t, w.s_t, kTileK, 1);  // S[r, c] = q_r · k_c
+    pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    scores_dot(w.q, rows, w.k, t.d_vec, nk, t, w.s_t, kTileK, 1);  // S[r, c] = q_r · k_c
     for (int64_t r = 0; r < rows; ++r) {
       float* srow = w.s_t + r * kTileK;
       modify_scores_column(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, srow, 1);
@@ -261,7 +248,7 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
         if (!attended) std::fill_n(w.v + c * t.dv_vec, t.dv_vec, 0.0f);  // 0 · garbage V
       }
     // O += P V
-    outer_product(v_rows, v_stride, w.s_t, kTileK, 1, nk, rows, t.dv_vec, w.o, true);
+    outer_product(w.v, t.dv_vec, w.s_t, kTileK, 1, nk, rows, t.dv_vec, w.o, true);
   }
 }
 
