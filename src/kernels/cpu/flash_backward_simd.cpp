@@ -33,18 +33,7 @@ struct QuerySide {
   float* dsum;     // rows_pad           D = rowsum(dO ∘ O)
 };
 
-int64_t query_side_floats(const AttentionParams& p, const TileShape& t) {
-  return round_up(std::max(p.D, t.d_vec) * t.rows_pad, 16) + t.rows_pad * t.d_vec + round_up(p.Dv * t.rows_pad, 16) +
-         t.rows_pad * t.dv_vec + 2 * round_up(t.rows_pad, 16);
-}
-
-QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared, int64_t item) {
-  float* at = shared + item * query_side_floats(p, t);
-  auto take = [&](int64_t n) {
-    float* r = at;
-    at += round_up(n, 16);
-    return r;
-  };
+QuerySide carve_query_side(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   QuerySide q;
   q.q_t = take(std::max(p.D, t.d_vec) * t.rows_pad);
   q.q = take(t.rows_pad * t.d_vec);
@@ -53,6 +42,17 @@ QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared
   q.lse = take(t.rows_pad);
   q.dsum = take(t.rows_pad);
   return q;
+}
+
+int64_t query_side_floats(const AttentionParams& p, const TileShape& t) {
+  ScratchCarver sizing;
+  carve_query_side(p, t, sizing);
+  return sizing.used;
+}
+
+QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared, int64_t item) {
+  ScratchCarver blocks{shared + item * query_side_floats(p, t)};
+  return carve_query_side(p, t, blocks);
 }
 
 // One thread's tiles.
@@ -68,8 +68,7 @@ struct BackwardTiles {
   float* row;    // max(D, Dv, kTileK)
 };
 
-template <class Take>
-BackwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
+BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   BackwardTiles w;
   w.k = take(kTileK * t.d_vec);
   w.v = take(kTileK * p.Dv);
@@ -226,12 +225,9 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
 
 void BackwardSimdScratchFloats(const AttentionParams& p, int64_t* per_thread, int64_t* shared) {
   const TileShape t = tile_shape(p);
-  int64_t total = 0;
-  carve(p, t, [&](int64_t n) {
-    total += round_up(n, 16);
-    return static_cast<float*>(nullptr);  // sizing only
-  });
-  *per_thread = total;
+  ScratchCarver sizing;
+  carve(p, t, sizing);
+  *per_thread = sizing.used;
   *shared = int64_t(p.group_items.size()) * query_side_floats(p, t);
 }
 
@@ -242,12 +238,8 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
   const int64_t nq = int64_t(p.group_items.size()), nkv = int64_t(g.kv_items.size());
 #pragma omp parallel num_threads(p.num_threads)
   {
-    float* at = scratch + omp_get_thread_num() * scratch_per_thread;
-    const BackwardTiles w = carve(p, t, [&](int64_t n) {
-      float* r = at;
-      at += round_up(n, 16);
-      return r;
-    });
+    ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
+    const BackwardTiles w = carve(p, t, thread_scratch);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < nq; ++it)
       pack_query_side(p, g, t, p.group_items[size_t(it)], query_side(p, t, shared, it), w.row);

@@ -44,8 +44,7 @@ struct ForwardTiles {
   uint32_t* p_pairs;  // kTileK/2 x rows_pad Pᵀ, keys paired
 };
 
-template <class Take>
-ForwardTiles carve(const AttentionParams& p, const TileShape& t, Take take) {
+ForwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   ForwardTiles w;
   w.q_t = take(std::max(p.D, t.d_vec) * t.rows_pad);
   w.q = take(t.rows_pad * t.d_vec);
@@ -360,12 +359,9 @@ int64_t partial_floats(const AttentionParams& p, const TileShape& t) { return ro
 
 int64_t ForwardSimdScratchFloats(const AttentionParams& p) {
   const TileShape t = tile_shape(p);
-  int64_t total = 0;
-  carve(p, t, [&](int64_t n) {
-    total += round_up(n, 16);
-    return static_cast<float*>(nullptr);  // sizing only
-  });
-  return total;
+  ScratchCarver sizing;
+  carve(p, t, sizing);
+  return sizing.used;
 }
 
 int64_t ForwardSimdSharedFloats(const AttentionParams& p) {
@@ -379,12 +375,8 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
   float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
 #pragma omp parallel num_threads(p.num_threads)
   {
-    float* at = scratch + omp_get_thread_num() * scratch_per_thread;
-    const ForwardTiles w = carve(p, t, [&](int64_t n) {
-      float* r = at;
-      at += round_up(n, 16);
-      return r;
-    });
+    ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
+    const ForwardTiles w = carve(p, t, thread_scratch);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < count * splits; ++unit) {
       const WorkItem& item = p.group_items[size_t(unit / splits)];

@@ -53,6 +53,18 @@ inline TileShape tile_shape(const AttentionParams& p) {
   return t;
 }
 
+// Hands out blocks of a thread's scratch, each on a 64-byte boundary; with no buffer it
+// only counts (the size the caller must provide).
+struct ScratchCarver {
+  float* base = nullptr;
+  int64_t used = 0;
+  float* operator()(int64_t floats) {
+    float* block = base ? base + used : nullptr;
+    used += round_up(floats, 16);
+    return block;
+  }
+};
+
 // out[a, :] (+)= Σ_x sc[a·sa + x·sx] · vec[x·vstride + :] for A values of a and 2 vectors.
 template <int A>
 HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
