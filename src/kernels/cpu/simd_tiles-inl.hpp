@@ -179,10 +179,18 @@ inline void pack_queries_t(const AttentionParams& p, const SequenceSpan& s, int6
 // nk up to kTileK rows and beyond dim up to stride columns.
 inline void pack_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
                       int64_t dim, int64_t stride, float* out) {
+  const int64_t row_bytes = dim * int64_t(dtype_size(a.dtype));
   for (int64_t c = 0; c < nk; ++c) {
     float* dst = out + c * stride;
-    load_row_simd(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h,
-                  dim, dst);
+    const int64_t offset = s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h;
+    // Rows lie Hkv·dim apart (often 4 KiB multiples), which the hardware prefetcher does not
+    // follow: ask for the same row of the next tile now.
+    if (j0 + c + kTileK < s.k_len) {
+      const char* next = static_cast<const char*>(a.data) +
+                         (offset + kTileK * a.stride_l) * int64_t(dtype_size(a.dtype));
+      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b);
+    }
+    load_row_simd(a.data, a.dtype, offset, dim, dst);
     std::fill(dst + dim, dst + stride, 0.0f);
   }
   std::fill(out + nk * stride, out + kTileK * stride, 0.0f);
