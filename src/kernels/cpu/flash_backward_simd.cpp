@@ -118,7 +118,9 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
   const int64_t N = row_vector();
   const bool softcap = p.softcap > 0.0f;
   // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
-  if (p.decode) scores_dot(qs.q_t, p.group * n, w.k, t.d_vec, kTileK, t, w.s_t, 1, t.rows_pad);
+  if (p.decode)
+    dot_scores(qs.q_t, t.d_vec, p.group * n, static_cast<const float*>(w.k), t.d_vec, p.D, nk, w.s_t, 1,
+               t.rows_pad, [](int64_t) {});
   else scores_t(qs.q_t, w.k, t.d_vec, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);

@@ -16,6 +16,8 @@
 #define MULTIHEAD_SIMD_TILES_INL_H_
 #endif
 
+#include <type_traits>
+
 #include <hwy/highway.h>
 
 #include <hwy/contrib/math/math-inl.h>
@@ -202,23 +204,94 @@ inline void scores_t(const float* q_t, const float* k_rows, int64_t k_stride, in
   outer_product(q_t, t.rows_pad, k_rows, k_stride, 1, D, kTileK, t.rows_pad, s_t, false);
 }
 
-// S = (scale·q)·k for decode calls: one dot product along D per (row, key), vectors along
-// D then a horizontal sum, written to s[r·rs + c·cs] for keys [0, kTileK). q (rows x d_vec)
-// holds scaled queries, k (nk rows of stride k_stride, d_vec wide) keys, both zero-padded;
-// keys past nk are left for modify_scores to mask. The forward, its probs
-// and the backward all score decode calls here, so P is recomputed bit for bit.
-inline void scores_dot(const float* HWY_RESTRICT q, int64_t rows, const float* HWY_RESTRICT k, int64_t k_stride,
-                       int64_t nk, const TileShape& t, float* HWY_RESTRICT s, int64_t rs, int64_t cs) {
+// Decode scoring and P·V read K and V rows where they lie, as f32, bf16 or f16: each row
+// is used once per call, so packing would only copy it. Rows lie Hkv·D apart (often 4 KiB
+// multiples), which the hardware prefetcher does not follow, so the caller asks for rows
+// ahead (RowPrefetch) while it computes.
+
+inline float widen(float x) { return x; }
+inline float widen(bf16 x) { return bf16_to_float(x); }
+inline float widen(f16 x) { return f16_to_float(x); }
+
+// Elements [x, x + N) of a row as one f32 vector (bf16 and f16 widened exactly).
+template <typename T>
+HWY_INLINE hn::Vec<FloatTag> load_widened(const T* HWY_RESTRICT row, int64_t x) {
   const FloatTag d;
-  const int64_t N = row_vector();
+  if constexpr (std::is_same_v<T, float>) {
+    return hn::LoadU(d, row + x);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    const hn::Rebind<hwy::bfloat16_t, FloatTag> dh;
+    return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::bfloat16_t*>(row) + x));
+  } else {
+    const hn::Rebind<hwy::float16_t, FloatTag> dh;
+    return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + x));
+  }
+}
+
+// Rows [0, count) of a tensor, stride_bytes apart: prefetch(c) asks for row c (its first
+// `bytes`) into L1. Callers stay a few rows ahead: rows 4 KiB apart share the same few
+// L1 sets, so rows fetched much earlier would be evicted before use.
+struct RowPrefetch {
+  const char* base = nullptr;
+  int64_t stride_bytes = 0, bytes = 0, count = 0;
+  void operator()(int64_t c) const {
+    if (c >= count) return;
+    const char* row = base + c * stride_bytes;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+  }
+};
+
+// Up to 4 rows of decode scores for key row kc: s[r·rs] = q_r · kc.
+template <int R, typename T>
+HWY_INLINE void dot_rows(const float* HWY_RESTRICT q, int64_t q_stride, const T* HWY_RESTRICT kc, int64_t D,
+                         float* HWY_RESTRICT s, int64_t rs) {
+  const FloatTag d;
+  const int64_t N = row_vector(), full = D / N * N;
+  hn::Vec<FloatTag> acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = hn::Zero(d);
+  for (int64_t x = 0; x < full; x += N) {
+    const auto k = load_widened(kc, x);
+    for (int r = 0; r < R; ++r) acc[r] = hn::MulAdd(hn::LoadU(d, q + r * q_stride + x), k, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float sum = hn::GetLane(hn::SumOfLanes(d, acc[r]));
+    for (int64_t x = full; x < D; ++x) sum = std::fma(q[r * q_stride + x], widen(kc[x]), sum);
+    s[r * rs] = sum;
+  }
+}
+
+// S[r·rs + c·cs] = q_r · k_c for keys [0, nk) and rows [0, rows): one dot product along D
+// per (row, key), in whole vectors and then a scalar tail, so the bits do not depend on
+// whether k is a packed f32 tile or the K tensor itself (widening is exact). q holds
+// scaled queries, q_stride apart; k rows are k_stride apart. ahead(c) runs before key c.
+// The forward, its probs and stats, and the backward all score decode calls here, so P
+// is recomputed bit for bit.
+template <typename T, class Ahead>
+void dot_scores(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, const T* HWY_RESTRICT k,
+                int64_t k_stride, int64_t D, int64_t nk, float* HWY_RESTRICT s, int64_t rs, int64_t cs,
+                const Ahead& ahead) {
   for (int64_t c = 0; c < nk; ++c) {
-    const float* kc = k + c * k_stride;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* qr = q + r * t.d_vec;
-      auto acc = hn::Zero(d);
-      for (int64_t x = 0; x < t.d_vec; x += N) acc = hn::MulAdd(hn::Load(d, qr + x), hn::LoadU(d, kc + x), acc);
-      s[r * rs + c * cs] = hn::GetLane(hn::SumOfLanes(d, acc));
+    ahead(c);
+    const T* kc = k + c * k_stride;
+    float* sc = s + c * cs;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_rows<4>(q + r * q_stride, q_stride, kc, D, sc + r * rs, rs);
+    switch (rows - r) {
+      case 0: break;
+      case 1: dot_rows<1>(q + r * q_stride, q_stride, kc, D, sc + r * rs, rs); break;
+      case 2: dot_rows<2>(q + r * q_stride, q_stride, kc, D, sc + r * rs, rs); break;
+      default: dot_rows<3>(q + r * q_stride, q_stride, kc, D, sc + r * rs, rs); break;
     }
+  }
+}
+
+// Calls f with the element type of a float dtype (float, bf16 or f16) as a null pointer.
+template <class F>
+decltype(auto) with_float_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kBF16: return f(static_cast<const bf16*>(nullptr));
+    case DType::kF16: return f(static_cast<const f16*>(nullptr));
+    default: return f(static_cast<const float*>(nullptr));
   }
 }
 
