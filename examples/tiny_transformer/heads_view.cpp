@@ -11,20 +11,17 @@
 namespace tiny_transformer {
 
 HeadRowStats head_row_stats(TinyTransformer& model, const Batch& batch) {
-  model.forward(batch.tokens, batch.B, batch.L, /*keep_weights=*/true);
+  // The fused kernel's streaming statistics: no (B, H, L, L) probabilities are formed.
+  model.forward(batch.tokens, batch.B, batch.L, /*keep_weights=*/false, /*keep_head_stats=*/true);
   HeadRowStats s{model.config().layers, batch.B, model.config().heads, batch.L, {}};
   s.rows.resize(s.layers * s.B * s.H * s.L);
   for (int64_t layer = 0; layer < s.layers; ++layer) {
-    const float* p = model.attention_weights(layer).data_as<float>();  // (B, H, L, L)
+    const float* st = model.head_stats(layer).data_as<float>();  // (B, H, L, 3), same row order
     for (int64_t bhi = 0; bhi < s.B * s.H * s.L; ++bhi) {
-      const float* row = p + bhi * s.L;
       RowStat& r = s.rows[layer * s.B * s.H * s.L + bhi];
-      r.argmax = std::max_element(row, row + s.L) - row;
-      r.max_prob = row[r.argmax];
-      double h = 0;
-      for (int64_t j = 0; j < s.L; ++j)
-        if (row[j] > 0) h -= double(row[j]) * std::log(double(row[j]));
-      r.entropy = float(h);
+      r.entropy = st[bhi * 3 + 0];
+      r.max_prob = st[bhi * 3 + 1];
+      r.argmax = int64_t(st[bhi * 3 + 2]);
     }
   }
   return s;

@@ -3,8 +3,8 @@
 //
 // Every number in the table derives from per-row statistics, entropy, max probability and
 // argmax position for each (layer, sequence, head, query row), which is exactly what a
-// streaming kernel can give without an Lq x Lk buffer. head_row_stats() is their one
-// source; today it reads the module's per-head attention weights.
+// streaming kernel gives without an Lq x Lk buffer. head_row_stats() is their one source:
+// the module's need_head_stats output. Only the pictures read full probabilities.
 #pragma once
 
 #include <cstdint>

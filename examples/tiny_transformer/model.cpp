@@ -165,18 +165,20 @@ Block::Block(const std::string& name, const ModelConfig& config, Rng& rng)
       mlp_(name + ".mlp", config.d_model, config.mlp_hidden, rng,
            float(0.02 / std::sqrt(2.0 * double(config.layers)))) {}
 
-void Block::forward(std::vector<float>& x, int64_t B, int64_t L, bool keep_weights) {
+void Block::forward(std::vector<float>& x, int64_t B, int64_t L, bool keep_weights, bool keep_head_stats) {
   B_ = B, L_ = L;
   ln1_.forward(x, a_);
   multihead::MhaForwardOptions options;
   options.attention.causal = multihead::CausalAlign::kTopLeft;
   options.need_weights = keep_weights;
   options.average_weights = false;
+  options.need_head_stats = keep_head_stats;
   options.training = true;  // no dropout configured; backward needs the saved activations either way
   multihead::MhaOutput out = attn_.forward(multihead::TensorView::of(a_.data(), {B, L, E_}), nullptr, nullptr, options);
   const float* o = out.out.data_as<float>();
   for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
   weights_ = keep_weights ? std::move(out.weights) : multihead::Tensor();
+  head_stats_ = keep_head_stats ? std::move(out.head_stats) : multihead::Tensor();
   ln2_.forward(x, a_);
   mlp_.forward(a_, branch_);
   for (size_t i = 0; i < x.size(); ++i) x[i] += branch_[i];
@@ -236,7 +238,7 @@ TinyTransformer::TinyTransformer(const ModelConfig& config)
 }
 
 const std::vector<float>& TinyTransformer::forward(const std::vector<int32_t>& tokens, int64_t B, int64_t L,
-                                                   bool keep_weights) {
+                                                   bool keep_weights, bool keep_head_stats) {
   if (L > config_.seq_len) throw std::invalid_argument("sequence longer than the position embeddings");
   const int64_t E = config_.d_model;
   B_ = B, L_ = L;
@@ -249,7 +251,7 @@ const std::vector<float>& TinyTransformer::forward(const std::vector<int32_t>& t
       float* x = x_.data() + (b * L + i) * E;
       for (int64_t c = 0; c < E; ++c) x[c] = t[c] + p[c];
     }
-  for (Block& block : blocks_) block.forward(x_, B, L, keep_weights);
+  for (Block& block : blocks_) block.forward(x_, B, L, keep_weights, keep_head_stats);
   ln_f_.forward(x_, y_);
   unembed_.forward(y_, logits_);
   return logits_;

@@ -92,18 +92,20 @@ struct ModelConfig {
 class Block {
  public:
   Block(const std::string& name, const ModelConfig& config, Rng& rng);
-  // x (B, L, E) in place; keep_weights also stores the per-head attention weights.
-  void forward(std::vector<float>& x, int64_t B, int64_t L, bool keep_weights);
+  // x (B, L, E) in place; keep_weights also stores the per-head attention weights,
+  // keep_head_stats the kernel's streaming per-head statistics.
+  void forward(std::vector<float>& x, int64_t B, int64_t L, bool keep_weights, bool keep_head_stats);
   void backward(std::vector<float>& dx);  // dy (B, L, E) in, dx out, in place
   void collect(std::vector<ParamSlot>& slots);
   const multihead::Tensor& weights() const { return weights_; }  // (B, H, L, L) or empty
+  const multihead::Tensor& head_stats() const { return head_stats_; }  // (B, H, L, 3) or empty
 
  private:
   int64_t B_ = 0, L_ = 0, E_;
   LayerNorm ln1_, ln2_;
   multihead::MultiHeadAttention attn_;
   Mlp mlp_;
-  multihead::Tensor weights_;
+  multihead::Tensor weights_, head_stats_;
   std::vector<float> a_, branch_, dbranch_;  // scratch (N, E)
 };
 
@@ -113,13 +115,16 @@ class TinyTransformer {
   TinyTransformer(const TinyTransformer&) = delete;
   TinyTransformer& operator=(const TinyTransformer&) = delete;
 
-  // tokens (B, L) -> logits (B * L, vocab). keep_weights: per-layer attention weights.
+  // tokens (B, L) -> logits (B * L, vocab). keep_weights: per-layer attention weights;
+  // keep_head_stats: per-layer streaming head statistics (no L x L buffer).
   const std::vector<float>& forward(const std::vector<int32_t>& tokens, int64_t B, int64_t L,
-                                    bool keep_weights = false);
+                                    bool keep_weights = false, bool keep_head_stats = false);
   void backward(const std::vector<float>& dlogits);  // (B * L, vocab); gradients accumulate
 
   std::vector<ParamSlot>& parameters() { return slots_; }
   const multihead::Tensor& attention_weights(int64_t layer) const { return blocks_[layer].weights(); }
+  // (B, H, L, 3): entropy (nats), max probability, argmax key position, per query row.
+  const multihead::Tensor& head_stats(int64_t layer) const { return blocks_[layer].head_stats(); }
   const ModelConfig& config() const { return config_; }
   int64_t num_parameters() const;
   // Forward multiply-adds x 2 per token at sequence length L (causal: a query sees (L+1)/2 keys on average).

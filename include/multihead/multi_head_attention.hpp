@@ -51,6 +51,7 @@ struct MhaForwardOptions {
   AttentionOptions attention{};
   bool need_weights = false;     // also return attention weights
   bool average_weights = true;   // (B, Lq, Lk) averaged over heads, else (B, H, Lq, Lk)
+  bool need_head_stats = false;  // also return the kernel's streaming per-head statistics
   bool training = false;         // dropout on
 };
 
@@ -58,6 +59,10 @@ struct MhaOutput {
   Tensor out;      // (B, Lq, out_dim) f32
   Tensor weights;  // empty unless need_weights; covers the appended keys too (Lk + extra);
                    // the probabilities before dropout
+  Tensor head_stats;  // empty unless need_head_stats: (B, H, Lq, 3) f32 = [entropy in nats,
+                      // max probability, argmax key index as a float] of each head's query
+                      // row, before dropout, computed while streaming (no Lq x Lk buffer);
+                      // over the same keys as weights (an argmax >= Lk is an appended key)
 };
 
 struct MhaInputGrads {

@@ -668,6 +668,10 @@ MhaOutput MultiHeadAttention::forward(const TensorView& query, const TensorView*
       outputs.probs = result.weights.view();
     }
   }
+  if (options.need_head_stats) {
+    result.head_stats = Tensor::empty(DType::kF32, {B, d.H, Lq, 3});
+    outputs.head_stats = result.head_stats.view();
+  }
   attention_forward(s.q, s.k, s.v, outputs, s.options);
   if (options.need_weights && options.average_weights) {
     // Mean over heads, summed in head order.
