@@ -333,9 +333,8 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
                        int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   with_float_type(p.k.dtype, [&](auto k_type) {
     with_float_type(p.v.dtype, [&](auto v_type) {
-      using KT = std::remove_cv_t<std::remove_pointer_t<decltype(k_type)>>;
-      using VT = std::remove_cv_t<std::remove_pointer_t<decltype(v_type)>>;
-      accumulate_decode_typed<KT, VT>(p, t, s, hkv, i0, n, ja, jb, w);
+      accumulate_decode_typed<typename decltype(k_type)::type, typename decltype(v_type)::type>(p, t, s, hkv, i0,
+                                                                                               n, ja, jb, w);
     });
   });
 }
@@ -370,7 +369,7 @@ void rescore(const AttentionParams& p, const TileShape& t, const SequenceSpan& s
              int64_t n, int64_t j0, int64_t nk, const ForwardTiles& w) {
   if (p.decode) {
     with_float_type(p.k.dtype, [&](auto k_type) {
-      using KT = std::remove_cv_t<std::remove_pointer_t<decltype(k_type)>>;
+      using KT = typename decltype(k_type)::type;
       dot_scores(w.q, t.d_vec, p.group * n, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, w.s_t, 1,
                  t.rows_pad, [](int64_t) {});
     });

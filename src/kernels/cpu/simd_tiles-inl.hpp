@@ -285,15 +285,16 @@ void dot_scores(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, con
   }
 }
 
-// Calls f with the element type of a float dtype (float, bf16 or f16) as a null pointer.
+// Calls f with std::type_identity of a float dtype's element type (float, bf16 or f16).
 template <class F>
 decltype(auto) with_float_type(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::kBF16: return f(static_cast<const bf16*>(nullptr));
-    case DType::kF16: return f(static_cast<const f16*>(nullptr));
-    default: return f(static_cast<const float*>(nullptr));
+    case DType::kBF16: return f(std::type_identity<bf16>{});
+    case DType::kF16: return f(std::type_identity<f16>{});
+    default: return f(std::type_identity<float>{});
   }
 }
+
 
 // The first key tile of an item: tiles start at multiples of kTileK, so every row meets
 // the same tiles whichever rows share its item (GQA and MHA give the same bits).
