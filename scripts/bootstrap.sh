@@ -8,7 +8,7 @@ packages=(
   g++ cmake ninja-build                      # toolchain (C++20, CMake 3.25, Ninja)
   libgtest-dev googletest libbenchmark-dev   # tests and benchmarks
   libcli11-dev nlohmann-json3-dev            # command line, JSON
-  libhwy-dev libopenblas-dev                 # SIMD dispatch, GEMMs
+  libhwy-dev libopenblas-dev libopenblas-openmp-dev  # SIMD dispatch, GEMMs (OpenMP build: one thread pool)
   pybind11-dev python3-dev python3-numpy     # Python bindings
   python3-pytest python3-torch               # Python tests, PyTorch as a second oracle
   clang libclang-rt-14-dev                   # libFuzzer (fuzz/run.sh)
