@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: builds the command-line tool (release) and runs it with the given
-# arguments, `check` by default.
+# arguments, `demo` by default.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,5 +12,5 @@ if [[ ! -f build/release/build.ninja ]]; then
 fi
 cmake --build --preset release --target cli/multihead >&2
 
-(($# > 0)) || set -- check
+(($# > 0)) || set -- demo
 exec build/release/cli/multihead "$@"
