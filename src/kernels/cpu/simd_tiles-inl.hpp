@@ -260,9 +260,68 @@ HWY_INLINE void dot_rows(const float* HWY_RESTRICT q, int64_t q_stride, const T*
   }
 }
 
+#if HWY_TARGET <= HWY_AVX3
+// Lane i of the result is the sum of the lanes of v[i], by one fixed tree for every lane
+// (pairs of 128-bit lanes, then 128-bit blocks): 45 instructions for 16 sums, where 16
+// SumOfLanes take ~160 and a serial chain each.
+HWY_INLINE __m512 sum_lanes16(const __m512* v) {
+  __m512 u[8], w[4];
+  for (int i = 0; i < 8; ++i)  // per block [a0+a2, b0+b2, a1+a3, b1+b3]
+    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // per block the block sums of v[4i .. 4i+3]
+    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const auto halves = [](__m512 a, __m512 b) {  // [a0+a1, a2+a3, b0+b1, b2+b3] in blocks
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  };
+  return halves(halves(w[0], w[1]), halves(w[2], w[3]));
+}
+
+// A block of R rows x 16/R keys of decode scores: one accumulator per (row, key) along D,
+// then sum_lanes16. Rows and keys past the valid ones repeat the last valid one (results
+// dropped), so every score goes through the same arithmetic whatever block it falls in.
+template <int R, typename T, class Ahead>
+HWY_INLINE void dot_block(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, const T* HWY_RESTRICT k,
+                          int64_t k_stride, int64_t D, int64_t c0, int64_t nk, float* HWY_RESTRICT s, int64_t rs,
+                          int64_t cs, bool call_ahead, const Ahead& ahead) {
+  constexpr int C = 16 / R;
+  const FloatTag d;
+  const int64_t N = row_vector(), full = D / N * N;
+  const float* qr[R];
+  const T* kc[C];
+  for (int r = 0; r < R; ++r) qr[r] = q + std::min<int64_t>(r, rows - 1) * q_stride;
+  for (int c = 0; c < C; ++c) {
+    if (call_ahead && c0 + c < nk) ahead(c0 + c);
+    kc[c] = k + std::min<int64_t>(c0 + c, nk - 1) * k_stride;
+  }
+  hn::Vec<FloatTag> acc[16];
+  for (int e = 0; e < 16; ++e) acc[e] = hn::Zero(d);
+  for (int64_t x = 0; x < full; x += N) {
+    hn::Vec<FloatTag> qv[R];
+    for (int r = 0; r < R; ++r) qv[r] = hn::LoadU(d, qr[r] + x);
+    for (int c = 0; c < C; ++c) {
+      const auto kv = load_widened(kc[c], x);
+      for (int r = 0; r < R; ++r) acc[r * C + c] = hn::MulAdd(qv[r], kv, acc[r * C + c]);
+    }
+  }
+  __m512 raw[16];
+  for (int e = 0; e < 16; ++e) raw[e] = acc[e].raw;
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, sum_lanes16(raw));
+  for (int r = 0; r < R && r < rows; ++r)
+    for (int c = 0; c < C && c0 + c < nk; ++c) {
+      float sum = sums[r * C + c];
+      for (int64_t x = full; x < D; ++x) sum = std::fma(qr[r][x], widen(kc[c][x]), sum);
+      s[r * rs + (c0 + c) * cs] = sum;
+    }
+}
+#endif
+
 // S[r·rs + c·cs] = q_r · k_c for keys [0, nk) and rows [0, rows): one dot product along D
-// per (row, key), in whole vectors and then a scalar tail, so the bits do not depend on
-// whether k is a packed f32 tile or the K tensor itself (widening is exact). q holds
+// per (row, key), in whole vectors, a fixed reduction and then a scalar tail, so the bits
+// depend neither on whether k is a packed f32 tile or the K tensor itself (widening is
+// exact) nor on how rows and keys are blocked (GQA and MHA give the same bits). q holds
 // scaled queries, q_stride apart; k rows are k_stride apart. ahead(c) runs before key c.
 // The forward, its probs and stats, and the backward all score decode calls here, so P
 // is recomputed bit for bit.
@@ -270,6 +329,20 @@ template <typename T, class Ahead>
 void dot_scores(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, const T* HWY_RESTRICT k,
                 int64_t k_stride, int64_t D, int64_t nk, float* HWY_RESTRICT s, int64_t rs, int64_t cs,
                 const Ahead& ahead) {
+#if HWY_TARGET <= HWY_AVX3
+  if (nk <= 0 || rows <= 0) return;
+  // 1 or 2 rows: 16 or 8 keys a block; otherwise blocks of 4 rows x 4 keys.
+  const auto run = [&](auto rows_per_block) {
+    constexpr int R = decltype(rows_per_block)::value;
+    for (int64_t c0 = 0; c0 < nk; c0 += 16 / R)
+      for (int64_t r = 0; r < rows; r += R)
+        dot_block<R>(q + r * q_stride, q_stride, rows - r, k, k_stride, D, c0, nk, s + r * rs, rs, cs, r == 0,
+                     ahead);
+  };
+  if (rows == 1) run(std::integral_constant<int, 1>{});
+  else if (rows == 2) run(std::integral_constant<int, 2>{});
+  else run(std::integral_constant<int, 4>{});
+#else
   for (int64_t c = 0; c < nk; ++c) {
     ahead(c);
     const T* kc = k + c * k_stride;
@@ -283,6 +356,7 @@ void dot_scores(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, con
       default: dot_rows<3>(q + r * q_stride, q_stride, kc, D, sc + r * rs, rs); break;
     }
   }
+#endif
 }
 
 // Calls f with std::type_identity of a float dtype's element type (float, bf16 or f16).
