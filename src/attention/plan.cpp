@@ -13,8 +13,10 @@ namespace {
 // Tile sizes: a 64 x 64 score tile with its Q/K/V rows stays in L2 for D <= 256.
 constexpr int64_t kTileK = 64;
 // Decode splits: decode calls with fewer than kSplitBelowHeads (sequence, query head)
-// pairs get up to kMaxSplits key chunks of at least kSplitKeys each.
-constexpr int64_t kSplitBelowHeads = 16;
+// pairs get up to kMaxSplits key chunks of at least kSplitKeys each. Besides feeding every
+// core when heads are few, chunks let the threads read neighbouring heads of the same keys
+// at once (the kernel runs them chunk-major): S3 (32 heads) went 1.8 -> 1.3 ms cold.
+constexpr int64_t kSplitBelowHeads = 64;
 constexpr int64_t kSplitKeys = 512;
 constexpr int64_t kMaxSplits = 16;
 

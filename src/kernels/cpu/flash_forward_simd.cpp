@@ -474,10 +474,12 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
     const ForwardTiles w = carve(p, t, thread_scratch);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < count * splits; ++unit) {
-      const WorkItem& item = p.group_items[size_t(unit / splits)];
+      // Chunk-major: threads run neighbouring heads of the same keys at once.
+      const int64_t it = unit % count, chunk = unit / count;
+      const WorkItem& item = p.group_items[size_t(it)];
       const SequenceSpan& s = p.seqs[size_t(item.seq)];
       const int64_t n = item.end - item.begin, rows = p.group * n;
-      const OutputLayout layout = accumulate(p, t, item, split_range(p, s, item, unit % splits), w);
+      const OutputLayout layout = accumulate(p, t, item, split_range(p, s, item, chunk), w);
       if (splits == 1) {
         finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, layout, w.row);
         if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
@@ -485,7 +487,7 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
         continue;
       }
       // Park the partial: m, l, then O row-major.
-      float* part = shared + unit * partial_floats(p, t);
+      float* part = shared + (it * splits + chunk) * partial_floats(p, t);
       std::copy_n(w.m, rows, part);
       std::copy_n(w.l, rows, part + t.rows_pad);
       for (int64_t r = 0; r < rows; ++r)
