@@ -13,9 +13,9 @@ namespace multihead {
 
 namespace {
 // Tensors of at least one huge page are aligned to it and offered to the kernel for
-// transparent huge pages. Attention reads K/V rows a head's stride apart (often 4 KiB), so
-// with 4 KiB pages every row is a new page: a TLB miss, and a stop for the hardware
-// prefetcher, which does not cross pages. Where THP is off, madvise is a no-op.
+// transparent huge pages: fresh 4 KiB pages fault in at ~0.34 GiB/s on this machine class
+// (Tensor::zeros of 64 MiB: 184 ms on every call), huge pages at 6-13 GiB/s once the
+// kernel has them (5-10 ms). Where THP is off, madvise is a no-op.
 constexpr size_t kHugePage = size_t(2) << 20;
 
 void* allocate_storage(size_t bytes) {
