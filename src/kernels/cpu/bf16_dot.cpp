@@ -2,6 +2,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <type_traits>
+
 // g++ 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
@@ -16,14 +19,21 @@ bool has_avx512_bf16() {
 
 namespace {
 
-template <int A>
+// A accumulator pairs in registers: the template argument (not a runtime flag) decides
+// how they start, so the compiler keeps them out of memory.
+template <int A, bool kAccumulate>
 MULTIHEAD_BF16_TARGET inline void bf16_outer_micro(const uint32_t* vec, int64_t vstride, const uint32_t* sc,
                                                    int64_t sa, int64_t sx, int64_t X2, float* out,
-                                                   int64_t out_stride, bool accumulate) {
+                                                   int64_t out_stride, float scale) {
   __m512 acc0[A], acc1[A];
   for (int a = 0; a < A; ++a) {
-    acc0[a] = accumulate ? _mm512_loadu_ps(out + a * out_stride) : _mm512_setzero_ps();
-    acc1[a] = accumulate ? _mm512_loadu_ps(out + a * out_stride + 16) : _mm512_setzero_ps();
+    if constexpr (kAccumulate) {
+      acc0[a] = _mm512_loadu_ps(out + a * out_stride);
+      acc1[a] = _mm512_loadu_ps(out + a * out_stride + 16);
+    } else {
+      acc0[a] = _mm512_setzero_ps();
+      acc1[a] = _mm512_setzero_ps();
+    }
   }
   for (int64_t x = 0; x < X2; ++x) {
     const __m512bh v0 = (__m512bh)_mm512_loadu_si512(vec + x * vstride);
@@ -35,9 +45,42 @@ MULTIHEAD_BF16_TARGET inline void bf16_outer_micro(const uint32_t* vec, int64_t 
       acc1[a] = _mm512_dpbf16_ps(acc1[a], b, v1);
     }
   }
+  if constexpr (!kAccumulate) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int a = 0; a < A; ++a) acc0[a] = _mm512_mul_ps(acc0[a], vs), acc1[a] = _mm512_mul_ps(acc1[a], vs);
+  }
   for (int a = 0; a < A; ++a) {
     _mm512_storeu_ps(out + a * out_stride, acc0[a]);
     _mm512_storeu_ps(out + a * out_stride + 16, acc1[a]);
+  }
+}
+
+template <bool kAccumulate>
+MULTIHEAD_BF16_TARGET void bf16_outer_product_impl(const uint32_t* vec, int64_t vstride, const uint32_t* sc,
+                                                   int64_t sa, int64_t sx, int64_t X2, int64_t count,
+                                                   int64_t width, float* out, float scale) {
+  constexpr int kA = 8;  // 16 accumulators of AVX-512's 32 registers
+  const int64_t full = count / kA * kA;
+  for (int64_t r0 = 0; r0 < width; r0 += 32) {
+    for (int64_t a0 = 0; a0 < full; a0 += kA)
+      bf16_outer_micro<kA, kAccumulate>(vec + r0, vstride, sc + a0 * sa, sa, sx, X2, out + a0 * width + r0, width,
+                                        scale);
+    const uint32_t* sc_tail = sc + full * sa;
+    float* out_tail = out + full * width + r0;
+    const auto tail = [&](auto a) {
+      bf16_outer_micro<decltype(a)::value, kAccumulate>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width,
+                                                        scale);
+    };
+    switch (count - full) {
+      case 0: break;
+      case 1: tail(std::integral_constant<int, 1>{}); break;
+      case 2: tail(std::integral_constant<int, 2>{}); break;
+      case 3: tail(std::integral_constant<int, 3>{}); break;
+      case 4: tail(std::integral_constant<int, 4>{}); break;
+      case 5: tail(std::integral_constant<int, 5>{}); break;
+      case 6: tail(std::integral_constant<int, 6>{}); break;
+      default: tail(std::integral_constant<int, 7>{}); break;
+    }
   }
 }
 
@@ -45,25 +88,9 @@ MULTIHEAD_BF16_TARGET inline void bf16_outer_micro(const uint32_t* vec, int64_t 
 
 MULTIHEAD_BF16_TARGET void bf16_outer_product(const uint32_t* vec, int64_t vstride, const uint32_t* sc, int64_t sa,
                                               int64_t sx, int64_t X2, int64_t count, int64_t width, float* out,
-                                              bool accumulate) {
-  constexpr int kA = 8;  // 16 accumulators of AVX-512's 32 registers
-  const int64_t full = count / kA * kA;
-  for (int64_t r0 = 0; r0 < width; r0 += 32) {
-    for (int64_t a0 = 0; a0 < full; a0 += kA)
-      bf16_outer_micro<kA>(vec + r0, vstride, sc + a0 * sa, sa, sx, X2, out + a0 * width + r0, width, accumulate);
-    const uint32_t* sc_tail = sc + full * sa;
-    float* out_tail = out + full * width + r0;
-    switch (count - full) {
-      case 0: break;
-      case 1: bf16_outer_micro<1>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-      case 2: bf16_outer_micro<2>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-      case 3: bf16_outer_micro<3>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-      case 4: bf16_outer_micro<4>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-      case 5: bf16_outer_micro<5>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-      case 6: bf16_outer_micro<6>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-      default: bf16_outer_micro<7>(vec + r0, vstride, sc_tail, sa, sx, X2, out_tail, width, accumulate); break;
-    }
-  }
+                                              bool accumulate, float scale) {
+  if (accumulate) bf16_outer_product_impl<true>(vec, vstride, sc, sa, sx, X2, count, width, out, scale);
+  else bf16_outer_product_impl<false>(vec, vstride, sc, sa, sx, X2, count, width, out, scale);
 }
 
 MULTIHEAD_BF16_TARGET void bf16_pair_rows(const float* in, int64_t in_stride, int64_t n2, int64_t width,
@@ -78,6 +105,34 @@ MULTIHEAD_BF16_TARGET void bf16_pair_rows(const float* in, int64_t in_stride, in
       _mm512_storeu_si512(out + x * out_stride + r, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
     }
   }
+}
+
+MULTIHEAD_BF16_TARGET void bf16_pair_source_rows(const uint16_t* src, int64_t src_stride, int64_t n, int64_t width,
+                                                 int64_t n2, uint32_t* out, int64_t out_stride) {
+  const int64_t full = width / 16 * 16;
+  for (int64_t x = 0; x < n2; ++x) {
+    uint32_t* dst = out + x * out_stride;
+    if (2 * x >= n) {
+      std::fill_n(dst, width, 0u);
+      continue;
+    }
+    const uint16_t* even = src + 2 * x * src_stride;
+    const uint16_t* odd = 2 * x + 1 < n ? even + src_stride : nullptr;  // past n: a zero row
+    int64_t r = 0;
+    for (; r < full; r += 16) {
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(even + r)));
+      const __m512i hi = odd ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd + r)))
+                             : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + r, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+    for (; r < width; ++r) dst[r] = uint32_t(even[r]) | (odd ? uint32_t(odd[r]) << 16 : 0u);
+  }
+}
+
+void bf16_clear_pair_half(uint32_t* pairs, int64_t stride, int64_t c, int64_t width) {
+  const uint32_t keep = c % 2 == 0 ? 0xffff0000u : 0x0000ffffu;
+  uint32_t* row = pairs + c / 2 * stride;
+  for (int64_t r = 0; r < width; ++r) row[r] &= keep;
 }
 
 }  // namespace multihead::detail

@@ -14,13 +14,22 @@ namespace multihead::detail {
 
 bool has_avx512_bf16();
 
-// count % 8 == 0 is not required; width is a multiple of 32 (2 vectors of 16 f32).
+// count % 8 == 0 is not required; width is a multiple of 32 (2 vectors of 16 f32). Without
+// accumulate, out = scale · Σ (the sums rounded first, then scaled).
 void bf16_outer_product(const uint32_t* vec, int64_t vstride, const uint32_t* sc, int64_t sa, int64_t sx,
-                        int64_t X2, int64_t count, int64_t width, float* out, bool accumulate);
+                        int64_t X2, int64_t count, int64_t width, float* out, bool accumulate, float scale = 1.0f);
 
 // Pairs the rows of a (2·n2 x width) f32 block: out[x2, r] = (bf16(in[2·x2, r]), bf16(in[2·x2+1, r])),
 // rounding to nearest even. width % 16 == 0.
 void bf16_pair_rows(const float* in, int64_t in_stride, int64_t n2, int64_t width, uint32_t* out,
                     int64_t out_stride);
+
+// The same from bf16 rows where they lie (src_stride elements apart), exact: pairs n2 row
+// pairs, rows at or past n read as zero. Only the first width columns are written.
+void bf16_pair_source_rows(const uint16_t* src, int64_t src_stride, int64_t n, int64_t width, int64_t n2,
+                           uint32_t* out, int64_t out_stride);
+
+// Zeroes row c's half of every pair in its pair row (width columns, stride apart).
+void bf16_clear_pair_half(uint32_t* pairs, int64_t stride, int64_t c, int64_t width);
 
 }  // namespace multihead::detail

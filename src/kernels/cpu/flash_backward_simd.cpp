@@ -135,7 +135,7 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
       float* sp = w.s_t + c * t.rows_pad + r;
       float* dp = w.dp_t + c * t.rows_pad + r;
       const auto x = hn::Load(d, sp);
-      const auto prob = hn::IfThenElseZero(hn::Ne(x, neg_inf), hn::Exp(d, hn::Sub(x, lse_safe)));
+      const auto prob = softmax_exp(hn::Sub(x, lse_safe));
       hn::Store(prob, d, sp);
       if (p.dropout_p > 0.0f) continue;  // dS needs Z first: done below
       // softmax: dS = P ∘ (dP - D), exactly 0 where P is (garbage in masked V cannot leak)

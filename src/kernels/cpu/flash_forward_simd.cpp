@@ -89,11 +89,11 @@ void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* 
     for (int64_t c = 0; c < kTileK; ++c) {
       float* at = s_t + c * t.rows_pad + r;
       const auto x = hn::Load(d, at);
-      const auto e = hn::IfThenElseZero(hn::Ne(x, neg_inf), hn::Exp(d, hn::Sub(x, m_safe)));
+      const auto e = softmax_exp(hn::Sub(x, m_safe));
       hn::Store(e, d, at);
       sum = hn::Add(sum, e);
     }
-    const auto c = hn::IfThenElseZero(hn::Ne(m_old, neg_inf), hn::Exp(d, hn::Sub(m_old, m_safe)));
+    const auto c = softmax_exp(hn::Sub(m_old, m_safe));
     hn::Store(hn::MulAdd(hn::Load(d, l + r), c, sum), d, l + r);
     hn::Store(m_new, d, m + r);
     hn::Store(c, d, corr + r);
@@ -112,7 +112,7 @@ float online_softmax_row(float* HWY_RESTRICT s, float& m, float& l) {
   auto vsum = hn::Zero(d);
   for (int64_t c = 0; c < kTileK; c += N) {
     const auto x = hn::Load(d, s + c);
-    const auto e = hn::IfThenElseZero(hn::Ne(x, neg_inf), hn::Exp(d, hn::Sub(x, vm)));
+    const auto e = softmax_exp(hn::Sub(x, vm));
     hn::Store(e, d, s + c);
     vsum = hn::Add(vsum, e);
   }
@@ -165,54 +165,86 @@ void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv
   }
 }
 
-// Keys [ja, jb) of an item on vdpbf16ps: Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ over bf16 pairs.
+// True when rows [j0, j0 + kTileK) of k can serve as bf16 pairs where they lie: whole pairs
+// (even D), each row starting on a pair boundary.
+bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk) {
+  return nk == kTileK && p.D % 2 == 0 && p.k.stride_l % 2 == 0 &&
+         reinterpret_cast<uintptr_t>(kv_row<bf16>(p.k, s, hkv, j0)) % 4 == 0;
+}
+
+// Keys [ja, jb) of an item on vdpbf16ps: Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ over bf16 pairs. Full
+// K tiles are read where they lie; V is paired straight from its bf16 rows (exact).
 void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                            int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
-  const FloatTag d;
-  const int64_t N = row_vector(), d2 = (p.D + 1) / 2;
+  const int64_t d2 = (p.D + 1) / 2;
   // Qᵀ unscaled (bf16 values stay exact), an even number of dims, then paired.
   pack_item_rows_t(p.q, p.D, 1.0f, p, s, hkv, i0, n, t, w.row, w.q_t);
   std::fill(w.q_t + p.D * t.rows_pad, w.q_t + 2 * d2 * t.rows_pad, 0.0f);
   bf16_pair_rows(w.q_t, t.rows_pad, d2, t.rows_pad, w.q_pairs, t.rows_pad);
   std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
-  const auto scale = hn::Set(d, p.scale);
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    pack_key_pairs(p, s, hkv, j0, nk, w.k_pairs);
-    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
-    bf16_outer_product(w.q_pairs, t.rows_pad, w.k_pairs, d2, 1, d2, kTileK, t.rows_pad, w.s_t, false);
-    for (int64_t e = 0; e < kTileK * t.rows_pad; e += N) hn::Store(hn::Mul(hn::Load(d, w.s_t + e), scale), d, w.s_t + e);
+    prefetch_tile(p.k, s, hkv, j0 + kTileK, p.D);
+    prefetch_tile(p.v, s, hkv, j0 + kTileK, p.Dv);
+    const uint32_t* k_pairs = w.k_pairs;
+    int64_t k_stride = d2;
+    if (key_pairs_in_place(p, s, hkv, j0, nk)) {
+      k_pairs = reinterpret_cast<const uint32_t*>(kv_row<bf16>(p.k, s, hkv, j0));
+      k_stride = p.k.stride_l / 2;
+    } else {
+      pack_key_pairs(p, s, hkv, j0, nk, w.k_pairs);
+    }
+    bf16_outer_product(w.q_pairs, t.rows_pad, k_pairs, k_stride, 1, d2, kTileK, t.rows_pad, w.s_t, false, p.scale);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
     rescale_output_t(t, w.corr, w.o);
     if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
-    if (p.mask.data || p.bias.data) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_vec);
     // Oᵀ += Vᵀ Pᵀ over key pairs (a key past nk has P = 0 and a zero V row)
     const int64_t nk2 = (nk + 1) / 2;
-    bf16_pair_rows(w.v, t.dv_vec, nk2, t.dv_vec, w.v_pairs, t.dv_vec);
+    bf16_pair_source_rows(reinterpret_cast<const uint16_t*>(kv_row<bf16>(p.v, s, hkv, j0)), p.v.stride_l, nk, p.Dv,
+                          nk2, w.v_pairs, t.dv_vec);
+    if (p.mask.data || p.bias.data)
+      for (int64_t c = 0; c < nk; ++c)
+        if (key_unattended(w.s_t, c, t)) bf16_clear_pair_half(w.v_pairs, t.dv_vec, c, p.Dv);
     bf16_pair_rows(w.s_t, t.rows_pad, nk2, t.rows_pad, w.p_pairs, t.rows_pad);
     bf16_outer_product(w.p_pairs, t.rows_pad, w.v_pairs, 1, t.dv_vec, nk2, p.Dv, t.rows_pad, w.o, true);
   }
 }
 
-// Keys [ja, jb) of an item, tiled path: rows along vectors, Oᵀ in w.o.
+// Keys [ja, jb) of an item, tiled path: rows along vectors, Oᵀ in w.o. Full f32 tiles are
+// read where they lie (V only when no key can be masked for every row: see
+// zero_unattended_rows); others are packed.
 void accumulate_tiled(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                       int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
   std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
+  const bool f32 = p.k.dtype == DType::kF32, maskable = p.mask.data || p.bias.data;
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
-    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
-    scores_t(w.q_t, w.k, p.D, p.D, t, w.s_t);
+    const bool in_place = f32 && nk == kTileK;
+    const float *k_rows = w.k, *v_rows = w.v;
+    int64_t k_stride = p.D, v_stride = t.dv_vec;
+    if (in_place) {
+      prefetch_tile(p.k, s, hkv, j0 + kTileK, p.D);
+      k_rows = kv_row<float>(p.k, s, hkv, j0), k_stride = p.k.stride_l;
+    } else {
+      pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
+    }
+    if (in_place && !maskable) {
+      prefetch_tile(p.v, s, hkv, j0 + kTileK, p.Dv);
+      v_rows = kv_row<float>(p.v, s, hkv, j0), v_stride = p.v.stride_l;
+    } else {
+      pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    }
+    scores_t(w.q_t, k_rows, k_stride, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
     rescale_output_t(t, w.corr, w.o);
     // dropout acts on P·V only: l keeps every weight
     if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
-    if (p.mask.data || p.bias.data) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_vec);
+    if (maskable) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_vec);
     // Oᵀ += Vᵀ Pᵀ
-    outer_product(w.s_t, t.rows_pad, w.v, 1, t.dv_vec, nk, p.Dv, t.rows_pad, w.o, true);
+    outer_product(w.s_t, t.rows_pad, v_rows, 1, v_stride, nk, p.Dv, t.rows_pad, w.o, true);
   }
 }
 
@@ -268,12 +300,6 @@ void weighted_rows(const float* P, int64_t p_stride, int64_t rows, const T* v, i
     case 2: weighted_rows_block<2>(P + r * p_stride, p_stride, v, v_stride, Dv, nk, o + r * o_stride, o_stride); break;
     default: weighted_rows_block<3>(P + r * p_stride, p_stride, v, v_stride, Dv, nk, o + r * o_stride, o_stride); break;
   }
-}
-
-// Where row j of a K/V activation lies for kv head hkv of sequence s, typed.
-template <typename T>
-const T* kv_row(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j) {
-  return static_cast<const T*>(a.data) + s.batch * a.stride_b + (s.k_begin + j) * a.stride_l + hkv * a.stride_h;
 }
 
 // Rows [j, k_end) of a K/V activation, for RowPrefetch.
