@@ -11,6 +11,7 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
+#include <hwy/cache_control.h>
 #include <omp.h>
 
 #include "kernels/cpu/bf16_dot.hpp"
@@ -184,8 +185,6 @@ void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const S
   std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    prefetch_tile(p.k, s, hkv, j0 + kTileK, p.D);
-    prefetch_tile(p.v, s, hkv, j0 + kTileK, p.Dv);
     const uint32_t* k_pairs = w.k_pairs;
     int64_t k_stride = d2;
     if (key_pairs_in_place(p, s, hkv, j0, nk)) {
@@ -221,21 +220,12 @@ void accumulate_tiled(const AttentionParams& p, const TileShape& t, const Sequen
   const bool f32 = p.k.dtype == DType::kF32, maskable = p.mask.data || p.bias.data;
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    const bool in_place = f32 && nk == kTileK;
-    const float *k_rows = w.k, *v_rows = w.v;
-    int64_t k_stride = p.D, v_stride = t.dv_vec;
-    if (in_place) {
-      prefetch_tile(p.k, s, hkv, j0 + kTileK, p.D);
-      k_rows = kv_row<float>(p.k, s, hkv, j0), k_stride = p.k.stride_l;
-    } else {
-      pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
-    }
-    if (in_place && !maskable) {
-      prefetch_tile(p.v, s, hkv, j0 + kTileK, p.Dv);
-      v_rows = kv_row<float>(p.v, s, hkv, j0), v_stride = p.v.stride_l;
-    } else {
-      pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
-    }
+    const bool k_in_place = f32 && nk == kTileK, v_in_place = k_in_place && !maskable;
+    if (!k_in_place) pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
+    if (!v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    const float* k_rows = k_in_place ? kv_row<float>(p.k, s, hkv, j0) : w.k;
+    const float* v_rows = v_in_place ? kv_row<float>(p.v, s, hkv, j0) : w.v;
+    const int64_t k_stride = k_in_place ? p.k.stride_l : p.D, v_stride = v_in_place ? p.v.stride_l : t.dv_vec;
     scores_t(w.q_t, k_rows, k_stride, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
@@ -365,19 +355,41 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
   });
 }
 
+// An f32 output of at least this many bytes is streamed past the caches (non-temporal
+// stores, no read-for-ownership): it would not stay there anyway, and on S1 (12 MiB)
+// waiting for its lines took 4% of the time.
+inline constexpr int64_t kStreamOutputBytes = int64_t(8) << 20;
+
+bool stream_output(const AttentionParams& p) {
+  const int64_t N = row_vector();
+  const bool whole_vectors = p.Dv % N == 0 && p.out.stride_b % N == 0 && p.out.stride_l % N == 0 &&
+                             p.out.stride_h % N == 0 && reinterpret_cast<uintptr_t>(p.out.data) % 64 == 0;
+  return p.out.dtype == DType::kF32 && whole_vectors &&
+         int64_t(p.seqs.size()) * p.Lq * p.H * p.Dv * int64_t(sizeof(float)) >= kStreamOutputBytes;
+}
+
 // out = o / l and lse (finish_row) for every row of an item.
 void finalize(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
               const float* m_run, const float* l_run, const float* o, OutputLayout layout, float* row) {
+  const FloatTag d;
+  const bool stream = stream_output(p);
   for (int64_t r = 0; r < p.group * n; ++r) {
     const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
     const RowResult result = finish_row(m_run[r], l_run[r], sink_logit(p, h));
-    for (int64_t a = 0; a < p.Dv; ++a)
-      row[a] = m_run[r] == kNegInf ? 0.0f : o[r * layout.row_stride + a * layout.col_stride];
-    store_row(p.out.data, p.out.dtype,
-              s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, row,
-              result.out_factor);
+    if (m_run[r] == kNegInf) std::fill_n(row, p.Dv, 0.0f);
+    else
+      for (int64_t a = 0; a < p.Dv; ++a) row[a] = o[r * layout.row_stride + a * layout.col_stride];
+    const int64_t offset = s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h;
+    if (stream) {
+      float* dst = static_cast<float*>(p.out.data) + offset;
+      const auto factor = hn::Set(d, result.out_factor);
+      for (int64_t a = 0; a < p.Dv; a += row_vector()) hn::Stream(hn::Mul(hn::LoadU(d, row + a), factor), d, dst + a);
+    } else {
+      store_row(p.out.data, p.out.dtype, offset, p.Dv, row, result.out_factor);
+    }
     if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
   }
+  if (stream) hwy::FlushStream();  // order the streamed rows before the thread's later work
 }
 
 // The forward's own scores of an item (either path) for keys [j0, j0 + nk) into Sᵀ, so

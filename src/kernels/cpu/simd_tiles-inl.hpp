@@ -231,17 +231,6 @@ const T* kv_row(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t
   return static_cast<const T*>(a.data) + s.batch * a.stride_b + (s.k_begin + j) * a.stride_l + hkv * a.stride_h;
 }
 
-// Asks for rows [j0, j0 + kTileK) of k or v (the next tile) into the caches, for tiles read
-// where they lie: their rows lie Hkv·dim apart, which the hardware prefetcher misses.
-inline void prefetch_tile(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t dim) {
-  const int64_t size = int64_t(dtype_size(a.dtype)), end = std::min(j0 + kTileK, s.k_len);
-  for (int64_t j = j0; j < end; ++j) {
-    const char* row = static_cast<const char*>(a.data) +
-                      (s.batch * a.stride_b + (s.k_begin + j) * a.stride_l + hkv * a.stride_h) * size;
-    for (int64_t b = 0; b < dim * size; b += 64) __builtin_prefetch(row + b);
-  }
-}
-
 // Sᵀ (kTileK x rows_pad) = K Qᵀ for a packed K tile (kTileK rows of stride k_stride >= D).
 inline void scores_t(const float* q_t, const float* k_rows, int64_t k_stride, int64_t D, const TileShape& t,
                      float* s_t) {
