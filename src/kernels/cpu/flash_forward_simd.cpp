@@ -14,6 +14,8 @@
 #include <hwy/cache_control.h>
 #include <omp.h>
 
+#include <cstring>
+
 #include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/cpu/simd_tiles-inl.hpp"
 #include "kernels/kernels.hpp"
@@ -33,6 +35,7 @@ struct ForwardTiles {
   float* v;     // kTileK x dv_vec     V rows
   float* s_t;   // kTileK x rows_pad   Sᵀ, then Pᵀ (tiled) / S, then P (decode, row-major)
   float* o;     // dv_vec x rows_pad   Oᵀ (tiled) / rows x dv_vec O (decode)
+  float* o_rows;  // 16 x dv_vec       rows of Oᵀ transposed back (finalize)
   float* m;     // rows_pad            running max
   float* l;     // rows_pad            running sum
   float* corr;  // rows_pad            e^(m_old - m_new)
@@ -53,6 +56,7 @@ ForwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& 
   w.v = take(kTileK * t.dv_vec);
   w.s_t = take(kTileK * t.rows_pad);
   w.o = take(t.dv_vec * t.rows_pad);
+  w.o_rows = take(16 * t.dv_vec);
   w.m = take(t.rows_pad);
   w.l = take(t.rows_pad);
   w.corr = take(t.rows_pad);
@@ -368,26 +372,40 @@ bool stream_output(const AttentionParams& p) {
          int64_t(p.seqs.size()) * p.Lq * p.H * p.Dv * int64_t(sizeof(float)) >= kStreamOutputBytes;
 }
 
-// out = o / l and lse (finish_row) for every row of an item.
-void finalize(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
-              const float* m_run, const float* l_run, const float* o, OutputLayout layout, float* row) {
+// out = o / l and lse (finish_row) for every row of an item. Oᵀ (the tiled layout) comes
+// back to rows 16 at a time through o_rows (16 x dv_vec).
+void finalize(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+              int64_t n, const float* m_run, const float* l_run, const float* o, OutputLayout layout,
+              float* o_rows) {
   const FloatTag d;
   const bool stream = stream_output(p);
-  for (int64_t r = 0; r < p.group * n; ++r) {
-    const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
-    const RowResult result = finish_row(m_run[r], l_run[r], sink_logit(p, h));
-    if (m_run[r] == kNegInf) std::fill_n(row, p.Dv, 0.0f);
-    else
-      for (int64_t a = 0; a < p.Dv; ++a) row[a] = o[r * layout.row_stride + a * layout.col_stride];
-    const int64_t offset = s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h;
-    if (stream) {
-      float* dst = static_cast<float*>(p.out.data) + offset;
-      const auto factor = hn::Set(d, result.out_factor);
-      for (int64_t a = 0; a < p.Dv; a += row_vector()) hn::Stream(hn::Mul(hn::LoadU(d, row + a), factor), d, dst + a);
-    } else {
-      store_row(p.out.data, p.out.dtype, offset, p.Dv, row, result.out_factor);
+  const int64_t rows = p.group * n;
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const float* block = o + r0 * layout.row_stride;
+    int64_t block_stride = layout.row_stride;
+    if (layout.col_stride != 1) {
+      transpose_columns16(o + r0, layout.col_stride, p.Dv, o_rows, t.dv_vec);
+      block = o_rows, block_stride = t.dv_vec;
     }
-    if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
+    for (int64_t r = r0; r < std::min(r0 + 16, rows); ++r) {
+      const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
+      const RowResult result = finish_row(m_run[r], l_run[r], sink_logit(p, h));
+      if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
+      // a row with no allowed key is 0, whatever 0 · garbage left in its accumulator
+      const float* src = m_run[r] == kNegInf ? nullptr : block + (r - r0) * block_stride;
+      const int64_t offset = s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h;
+      if (stream) {
+        float* dst = static_cast<float*>(p.out.data) + offset;
+        const auto factor = hn::Set(d, result.out_factor);
+        for (int64_t a = 0; a < p.Dv; a += row_vector())
+          hn::Stream(src ? hn::Mul(hn::LoadU(d, src + a), factor) : hn::Zero(d), d, dst + a);
+      } else if (src) {
+        store_row(p.out.data, p.out.dtype, offset, p.Dv, src, result.out_factor);
+      } else {  // +0 is all zero bits in f32, bf16 and f16
+        const size_t size = dtype_size(p.out.dtype);
+        std::memset(static_cast<char*>(p.out.data) + offset * int64_t(size), 0, size_t(p.Dv) * size);
+      }
+    }
   }
   if (stream) hwy::FlushStream();  // order the streamed rows before the thread's later work
 }
@@ -519,7 +537,7 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
       const int64_t n = item.end - item.begin, rows = p.group * n;
       const OutputLayout layout = accumulate(p, t, item, split_range(p, s, item, chunk), w);
       if (splits == 1) {
-        finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, layout, w.row);
+        finalize(p, t, s, item.head, item.begin, n, w.m, w.l, w.o, layout, w.o_rows);
         if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
         if (p.head_stats) write_stats(p, t, s, item.head, item.begin, n, w);
         continue;
@@ -554,7 +572,7 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
             for (int64_t a = 0; a < p.Dv; ++a) w.o[r * p.Dv + a] += part[2 * t.rows_pad + r * p.Dv + a] * weight;
           }
         }
-        finalize(p, s, item.head, item.begin, n, w.m, w.l, w.o, {p.Dv, 1}, w.row);
+        finalize(p, t, s, item.head, item.begin, n, w.m, w.l, w.o, {p.Dv, 1}, w.o_rows);
         if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
         if (p.head_stats) write_stats(p, t, s, item.head, item.begin, n, w);
       }

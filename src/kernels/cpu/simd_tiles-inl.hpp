@@ -178,12 +178,79 @@ inline int64_t item_row_offset(const Activation& a, const AttentionParams& p, co
   return s.batch * a.stride_b + (s.q_begin + i) * a.stride_l + h * a.stride_h;
 }
 
+#if HWY_TARGET <= HWY_AVX3
+// Transposes 16 vectors of 16 in registers: v[c][r] = old v[r][c] (64 shuffles). Scalar
+// stores read back as vectors stall store-to-load forwarding, so the tiles that change
+// layout (Qᵀ in, Oᵀ out) go through here.
+HWY_INLINE void transpose16(__m512* v) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    v[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    v[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    v[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(v[8 * i + j], v[8 * i + 4 + j], _MM_SHUFFLE(2, 0, 2, 0));
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(v[8 * i + j], v[8 * i + 4 + j], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+  for (int j = 0; j < 8; ++j) {
+    v[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], _MM_SHUFFLE(2, 0, 2, 0));
+    v[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+#endif
+
+// dst[c·dst_stride + a] = src[a·src_stride + c] for 16 columns c and dims a in [0, dims).
+inline void transpose_columns16(const float* HWY_RESTRICT src, int64_t src_stride, int64_t dims,
+                                float* HWY_RESTRICT dst, int64_t dst_stride) {
+  int64_t a = 0;
+#if HWY_TARGET <= HWY_AVX3
+  for (; a + 16 <= dims; a += 16) {
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_ps(src + (a + i) * src_stride);
+    transpose16(v);
+    for (int c = 0; c < 16; ++c) _mm512_storeu_ps(dst + c * dst_stride + a, v[c]);
+  }
+#endif
+  for (; a < dims; ++a)
+    for (int64_t c = 0; c < 16; ++c) dst[c * dst_stride + a] = src[a * src_stride + c];
+}
+
 // Transposed: out (dim x rows_pad) times mul; padded rows are zero.
 inline void pack_item_rows_t(const Activation& a, int64_t dim, float mul, const AttentionParams& p,
                              const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n, const TileShape& t,
                              float* row, float* out) {
+  const int64_t rows = p.group * n;
+  int64_t r = 0;
+#if HWY_TARGET <= HWY_AVX3
+  if (a.dtype == DType::kF32) {  // 16 rows at a time, whole blocks of 16 dims in registers
+    const __m512 scale = _mm512_set1_ps(mul);
+    for (; r < t.rows_pad; r += 16) {
+      const float* src[16];
+      for (int i = 0; i < 16; ++i)
+        src[i] = r + i < rows ? static_cast<const float*>(a.data) + item_row_offset(a, p, s, hkv, i0, n, r + i)
+                              : nullptr;
+      int64_t x = 0;
+      for (; x + 16 <= dim; x += 16) {
+        __m512 v[16];
+        for (int i = 0; i < 16; ++i) v[i] = src[i] ? _mm512_loadu_ps(src[i] + x) : _mm512_setzero_ps();
+        transpose16(v);
+        for (int c = 0; c < 16; ++c) _mm512_store_ps(out + (x + c) * t.rows_pad + r, _mm512_mul_ps(v[c], scale));
+      }
+      for (; x < dim; ++x)
+        for (int i = 0; i < 16; ++i) out[x * t.rows_pad + r + i] = src[i] ? src[i][x] * mul : 0.0f;
+    }
+    return;
+  }
+#endif
   std::fill_n(out, dim * t.rows_pad, 0.0f);
-  for (int64_t r = 0; r < p.group * n; ++r) {
+  for (; r < rows; ++r) {
     load_row_simd(a.data, a.dtype, item_row_offset(a, p, s, hkv, i0, n, r), dim, row);
     for (int64_t d = 0; d < dim; ++d) out[d * t.rows_pad + r] = row[d] * mul;
   }
