@@ -127,15 +127,19 @@ float online_softmax_row(float* HWY_RESTRICT s, float& m, float& l) {
   return correction;
 }
 
-// Oᵀ[a, :] *= corr for every output dim a.
+// Oᵀ[a, :] *= corr for every output dim a, skipping row vectors whose running max held
+// (corr = 1: most of them after the first tiles).
 void rescale_output_t(const TileShape& t, const float* HWY_RESTRICT corr, float* HWY_RESTRICT o_t) {
   const FloatTag d;
   const int64_t N = row_vector();
-  for (int64_t a = 0; a < t.dv_vec; ++a)
-    for (int64_t r = 0; r < t.rows_pad; r += N) {
+  for (int64_t r = 0; r < t.rows_pad; r += N) {
+    const auto c = hn::Load(d, corr + r);
+    if (hn::AllTrue(d, hn::Eq(c, hn::Set(d, 1.0f)))) continue;
+    for (int64_t a = 0; a < t.dv_vec; ++a) {
       float* at = o_t + a * t.rows_pad + r;
-      hn::Store(hn::Mul(hn::Load(d, at), hn::Load(d, corr + r)), d, at);
+      hn::Store(hn::Mul(hn::Load(d, at), c), d, at);
     }
+  }
 }
 
 void apply_dropout(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t i0, int64_t n,
