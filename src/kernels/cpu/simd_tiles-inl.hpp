@@ -95,31 +95,52 @@ struct ScratchCarver {
 };
 
 // out[a, :] (+)= Σ_x sc[a·sa + x·sx] · vec[x·vstride + :] for A values of a and 2 vectors.
-template <int A>
+// out[a, :W vectors) (+)= Σ_x sc[a·sa + x·sx] · vec[x·vstride + :W vectors) for A values of a.
+template <int A, int W>
 HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
                             int64_t sa, int64_t sx, int64_t X, float* HWY_RESTRICT out, int64_t out_stride,
                             bool accumulate) {
   const FloatTag d;
   const size_t N = hn::Lanes(d);
   using V = hn::Vec<FloatTag>;
-  V acc0[A], acc1[A];
-  for (int a = 0; a < A; ++a) {
-    acc0[a] = accumulate ? hn::Load(d, out + a * out_stride) : hn::Zero(d);
-    acc1[a] = accumulate ? hn::Load(d, out + a * out_stride + N) : hn::Zero(d);
-  }
+  V acc[A][W];
+  for (int a = 0; a < A; ++a)
+    for (int w = 0; w < W; ++w) acc[a][w] = accumulate ? hn::Load(d, out + a * out_stride + w * N) : hn::Zero(d);
   for (int64_t x = 0; x < X; ++x) {
-    const V v0 = hn::LoadU(d, vec + x * vstride);  // may be a caller's row (decode)
-    const V v1 = hn::LoadU(d, vec + x * vstride + N);
+    V v[W];
+    for (int w = 0; w < W; ++w) v[w] = hn::LoadU(d, vec + x * vstride + w * N);  // may be a caller's row (decode)
     const float* s = sc + x * sx;
     for (int a = 0; a < A; ++a) {
       const V b = hn::Set(d, s[a * sa]);
-      acc0[a] = hn::MulAdd(b, v0, acc0[a]);
-      acc1[a] = hn::MulAdd(b, v1, acc1[a]);
+      for (int w = 0; w < W; ++w) acc[a][w] = hn::MulAdd(b, v[w], acc[a][w]);
     }
   }
-  for (int a = 0; a < A; ++a) {
-    hn::Store(acc0[a], d, out + a * out_stride);
-    hn::Store(acc1[a], d, out + a * out_stride + N);
+  for (int a = 0; a < A; ++a)
+    for (int w = 0; w < W; ++w) hn::Store(acc[a][w], d, out + a * out_stride + w * N);
+}
+
+// One strip of W vectors of out: count values of a in blocks of A, then the rest.
+template <int A, int W>
+HWY_INLINE void outer_strip(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
+                            int64_t sa, int64_t sx, int64_t X, int64_t count, int64_t width, float* HWY_RESTRICT out,
+                            bool accumulate) {
+  const int64_t full = count / A * A;
+  for (int64_t a0 = 0; a0 < full; a0 += A)
+    outer_micro<A, W>(vec, vstride, sc + a0 * sa, sa, sx, X, out + a0 * width, width, accumulate);
+  const float* sc_tail = sc + full * sa;
+  float* out_tail = out + full * width;
+  const auto tail = [&](auto rest) {
+    outer_micro<decltype(rest)::value, W>(vec, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate);
+  };
+  switch (count - full) {  // the last count % A values of a
+    case 0: break;
+    case 1: tail(std::integral_constant<int, 1>{}); break;
+    case 2: tail(std::integral_constant<int, 2>{}); break;
+    case 3: tail(std::integral_constant<int, 3>{}); break;
+    case 4: if constexpr (A > 4) tail(std::integral_constant<int, 4>{}); break;
+    case 5: if constexpr (A > 5) tail(std::integral_constant<int, 5>{}); break;
+    case 6: if constexpr (A > 6) tail(std::integral_constant<int, 6>{}); break;
+    default: if constexpr (A > 7) tail(std::integral_constant<int, 7>{}); break;
   }
 }
 
@@ -128,25 +149,16 @@ HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, cons
 HWY_INLINE void outer_product(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
                               int64_t sa, int64_t sx, int64_t X, int64_t count, int64_t width,
                               float* HWY_RESTRICT out, bool accumulate) {
-  const int64_t step = 2 * row_vector();
-  const int64_t full = count / kBroadcasts * kBroadcasts;
-  for (int64_t r0 = 0; r0 < width; r0 += step) {
-    for (int64_t a0 = 0; a0 < full; a0 += kBroadcasts)
-      outer_micro<kBroadcasts>(vec + r0, vstride, sc + a0 * sa, sa, sx, X, out + a0 * width + r0, width,
-                               accumulate);
-    const float* sc_tail = sc + full * sa;
-    float* out_tail = out + full * width + r0;
-    switch (count - full) {  // the last count % kBroadcasts values of a
-      case 0: break;
-      case 1: outer_micro<1>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-      case 2: outer_micro<2>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-      case 3: outer_micro<3>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-      case 4: outer_micro<4>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-      case 5: outer_micro<5>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-      case 6: outer_micro<6>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-      default: outer_micro<7>(vec + r0, vstride, sc_tail, sa, sx, X, out_tail, width, accumulate); break;
-    }
-  }
+  const int64_t N = row_vector();
+  int64_t r0 = 0;
+#if HWY_TARGET <= HWY_AVX3
+  // 4 vectors x 6 values: 24 accumulators and 10 loads per 24 FMAs (2 x 8: 10 per 16);
+  // S2 4% faster. The sums run over x in the same order either way.
+  for (; r0 + 4 * N <= width; r0 += 4 * N)
+    outer_strip<6, 4>(vec + r0, vstride, sc, sa, sx, X, count, width, out + r0, accumulate);
+#endif
+  for (; r0 < width; r0 += 2 * N)
+    outer_strip<kBroadcasts, 2>(vec + r0, vstride, sc, sa, sx, X, count, width, out + r0, accumulate);
 }
 
 // dst[0, n) = a row of any float dtype as f32, converting whole vectors at a time.
