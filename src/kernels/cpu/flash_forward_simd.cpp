@@ -31,6 +31,7 @@ namespace {
 struct ForwardTiles {
   float* q_t;   // D x rows_pad        Qᵀ, scaled (tiled path)
   float* q;     // rows_pad x d_vec    Q, scaled (decode path)
+  float* q_heads;  // Hkv x rows x d_vec  every kv head's Q, scaled (decode chunks)
   float* k;     // kTileK x d_vec      K rows
   float* v;     // kTileK x dv_vec     V rows
   float* s_t;   // kTileK x rows_pad   Sᵀ, then Pᵀ (tiled) / S, then P (decode, row-major)
@@ -52,6 +53,7 @@ ForwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& 
   ForwardTiles w;
   w.q_t = take(std::max(p.D, t.d_vec) * t.rows_pad);
   w.q = take(t.rows_pad * t.d_vec);
+  w.q_heads = take(p.kv_splits > 1 ? p.Hkv * t.rows * t.d_vec : 0);
   w.k = take(kTileK * t.d_vec);
   w.v = take(kTileK * t.dv_vec);
   w.s_t = take(kTileK * t.rows_pad);
@@ -312,45 +314,67 @@ RowPrefetch prefetch_rows(const Activation& a, const SequenceSpan& s, int64_t hk
 // on S3 (Zen 5): 8 rows into L1 beat 32 rows into L2 by ~10%; 4 to 16 rows are within noise.
 inline constexpr int64_t kPrefetchKeys = 8;
 
-// Keys [ja, jb) of an item, decode path (p.decode): S = Q Kᵀ by dot products along D,
-// P·V along Dv, so no lane idles on a handful of rows; O row-major in w.o. K and V are
-// read in place, except V tiles with masked keys: those are packed with the masked rows
-// zeroed, so garbage there (NaN, inf) cannot reach O through 0 · x.
+// Decode rows (p.decode) keep their running state row-major: m and l per row, O rows
+// o_stride apart.
+struct DecodeState {
+  float* m;
+  float* l;
+  float* o;
+  int64_t o_stride;
+};
+
+// Keys [j0, j0 + nk) of an item's decode rows (keys before jb are prefetched): S = Q Kᵀ by
+// dot products along D, P·V along Dv, so no lane idles on a handful of rows. q holds the
+// scaled rows, t.d_vec apart. K and V are read in place, except V tiles with masked keys:
+// those are packed with the masked rows zeroed, so garbage there (NaN, inf) cannot reach O
+// through 0 · x.
+template <typename KT, typename VT>
+void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+                 int64_t n, int64_t j0, int64_t nk, int64_t jb, const float* q, const DecodeState& st,
+                 const ForwardTiles& w) {
+  const int64_t rows = p.group * n;
+  const RowPrefetch k_ahead = prefetch_rows<KT>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
+  const RowPrefetch v_ahead = prefetch_rows<VT>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
+  dot_scores(q, t.d_vec, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, w.s_t, kTileK, 1,
+             [&](int64_t c) { k_ahead(c), v_ahead(c); });  // S[r, c] = q_r · k_c
+  const bool plain = tile_is_plain(p, s, i0, n, j0, nk);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* srow = w.s_t + r * kTileK;
+    if (!plain) modify_scores_column(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, srow, 1);
+    const float correction = online_softmax_row(srow, st.m[r], st.l[r]);
+    if (correction != 1.0f)
+      for (int64_t a = 0; a < p.Dv; ++a) st.o[r * st.o_stride + a] *= correction;
+  }
+  if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, kTileK, 1, w.row);
+  // O += P V
+  if (plain) {
+    weighted_rows(w.s_t, kTileK, rows, kv_row<VT>(p.v, s, hkv, j0), p.v.stride_l, p.Dv, nk, st.o, st.o_stride);
+    return;
+  }
+  pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+  for (int64_t c = 0; c < nk; ++c) {
+    bool attended = false;
+    for (int64_t r = 0; r < rows; ++r) attended |= w.s_t[r * kTileK + c] != 0.0f;
+    if (!attended) std::fill_n(w.v + c * t.dv_vec, t.dv_vec, 0.0f);
+  }
+  weighted_rows(w.s_t, kTileK, rows, static_cast<const float*>(w.v), t.dv_vec, p.Dv, nk, st.o, st.o_stride);
+}
+
+// An item's decode rows as scaled f32, t.d_vec apart.
+void pack_decode_queries(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
+                         int64_t i0, int64_t n, float* q) {
+  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, p.group * n, q);
+  for (int64_t e = 0; e < p.group * n * t.d_vec; ++e) q[e] *= p.scale;
+}
+
+// Keys [ja, jb) of an item, decode path: O row-major in w.o.
 template <typename KT, typename VT>
 void accumulate_decode_typed(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                              int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
-  const int64_t rows = p.group * n;
-  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows, w.q);
-  for (int64_t e = 0; e < rows * t.d_vec; ++e) w.q[e] *= p.scale;
-  std::fill_n(w.o, rows * t.dv_vec, 0.0f);
-  for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
-    const int64_t nk = std::min(kTileK, jb - j0);
-    const RowPrefetch k_ahead = prefetch_rows<KT>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
-    const RowPrefetch v_ahead = prefetch_rows<VT>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
-    dot_scores(w.q, t.d_vec, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, w.s_t, kTileK, 1,
-               [&](int64_t c) { k_ahead(c), v_ahead(c); });  // S[r, c] = q_r · k_c
-    const bool plain = tile_is_plain(p, s, i0, n, j0, nk);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* srow = w.s_t + r * kTileK;
-      if (!plain) modify_scores_column(p, s, hkv * p.group + r / n, i0 + r % n, j0, nk, srow, 1);
-      const float correction = online_softmax_row(srow, w.m[r], w.l[r]);
-      if (correction != 1.0f)
-        for (int64_t a = 0; a < t.dv_vec; ++a) w.o[r * t.dv_vec + a] *= correction;
-    }
-    if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, kTileK, 1, w.row);
-    // O += P V
-    if (plain) {
-      weighted_rows(w.s_t, kTileK, rows, kv_row<VT>(p.v, s, hkv, j0), p.v.stride_l, p.Dv, nk, w.o, t.dv_vec);
-      continue;
-    }
-    pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
-    for (int64_t c = 0; c < nk; ++c) {
-      bool attended = false;
-      for (int64_t r = 0; r < rows; ++r) attended |= w.s_t[r * kTileK + c] != 0.0f;
-      if (!attended) std::fill_n(w.v + c * t.dv_vec, t.dv_vec, 0.0f);
-    }
-    weighted_rows(w.s_t, kTileK, rows, static_cast<const float*>(w.v), t.dv_vec, p.Dv, nk, w.o, t.dv_vec);
-  }
+  pack_decode_queries(p, t, s, hkv, i0, n, w.q);
+  std::fill_n(w.o, p.group * n * t.dv_vec, 0.0f);
+  for (int64_t j0 = ja; j0 < jb; j0 += kTileK)
+    decode_tile<KT, VT>(p, t, s, hkv, i0, n, j0, std::min(kTileK, jb - j0), jb, w.q, {w.m, w.l, w.o, t.dv_vec}, w);
 }
 
 void accumulate_decode(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
@@ -374,6 +398,58 @@ bool stream_output(const AttentionParams& p) {
                              p.out.stride_h % N == 0 && reinterpret_cast<uintptr_t>(p.out.data) % 64 == 0;
   return p.out.dtype == DType::kF32 && whole_vectors &&
          int64_t(p.seqs.size()) * p.Lq * p.H * p.Dv * int64_t(sizeof(float)) >= kStreamOutputBytes;
+}
+
+// The keys of split `chunk` of an item's key range: whole tiles, fixed by shape.
+KeyRange split_range(const AttentionParams& p, const SequenceSpan& s, const WorkItem& item, int64_t chunk) {
+  const int64_t j_begin = first_tile(p, s, item.begin), j_end = key_range(p, s, item.end - 1).hi;
+  const int64_t len = round_up((j_end - j_begin + p.kv_splits - 1) / p.kv_splits, kTileK);
+  const int64_t ja = std::min(j_end, j_begin + chunk * len);
+  return {ja, std::min(j_end, ja + len)};
+}
+
+// A split's partial state in the shared scratch: m and l (rows_pad each), O (rows x Dv).
+int64_t partial_floats(const AttentionParams& p, const TileShape& t) { return round_up(t.rows_pad * (p.Dv + 2), 16); }
+float* partial_slot(const AttentionParams& p, const TileShape& t, float* shared, int64_t it, int64_t chunk) {
+  return shared + (it * p.kv_splits + chunk) * partial_floats(p, t);
+}
+
+// Split `chunk` of every kv head of sequence `seq` (decode calls with few heads): tile by
+// tile across the heads, so each key's K and V rows of all heads (contiguous in the usual
+// (B, L, Hkv, D) layout) are read close together rather than 4 KiB-strided head by head.
+// The running state lives in the partial slots.
+template <typename KT, typename VT>
+void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t, int64_t seq, int64_t chunk,
+                                   float* shared, const ForwardTiles& w) {
+  const SequenceSpan& s = p.seqs[size_t(seq)];
+  const int64_t first = p.group_item_first[size_t(seq)];
+  const WorkItem& item = p.group_items[size_t(first)];  // decode: one item per kv head, alike but for the head
+  const int64_t n = item.end - item.begin, rows = p.group * n;
+  const KeyRange keys = split_range(p, s, item, chunk);
+  for (int64_t h = 0; h < p.Hkv; ++h) {
+    float* part = partial_slot(p, t, shared, first + h, chunk);
+    std::fill_n(part, rows, kNegInf);
+    std::fill_n(part + t.rows_pad, rows, 0.0f);
+    std::fill_n(part + 2 * t.rows_pad, rows * p.Dv, 0.0f);
+    pack_decode_queries(p, t, s, h, item.begin, n, w.q_heads + h * rows * t.d_vec);
+  }
+  for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += kTileK)
+    for (int64_t h = 0; h < p.Hkv; ++h) {
+      float* part = partial_slot(p, t, shared, first + h, chunk);
+      decode_tile<KT, VT>(p, t, s, h, item.begin, n, j0, std::min(kTileK, keys.hi - j0), keys.hi,
+                          w.q_heads + h * rows * t.d_vec, {part, part + t.rows_pad, part + 2 * t.rows_pad, p.Dv},
+                          w);
+    }
+}
+
+void accumulate_decode_chunk(const AttentionParams& p, const TileShape& t, int64_t seq, int64_t chunk, float* shared,
+                             const ForwardTiles& w) {
+  with_float_type(p.k.dtype, [&](auto k_type) {
+    with_float_type(p.v.dtype, [&](auto v_type) {
+      accumulate_decode_chunk_typed<typename decltype(k_type)::type, typename decltype(v_type)::type>(p, t, seq,
+                                                                                                     chunk, shared, w);
+    });
+  });
 }
 
 // out = o / l and lse (finish_row) for every row of an item. Oᵀ (the tiled layout) comes
@@ -419,8 +495,7 @@ void finalize(const AttentionParams& p, const TileShape& t, const SequenceSpan& 
 void pack_rescore_queries(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                           int64_t i0, int64_t n, const ForwardTiles& w) {
   if (p.decode) {
-    pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, p.group * n, w.q);
-    for (int64_t e = 0; e < p.group * n * t.d_vec; ++e) w.q[e] *= p.scale;
+    pack_decode_queries(p, t, s, hkv, i0, n, w.q);
   } else {
     pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
   }
@@ -483,13 +558,6 @@ void write_probs(const AttentionParams& p, const TileShape& t, const SequenceSpa
   }
 }
 
-// The keys of split `chunk` of an item's key range: whole tiles, fixed by shape.
-KeyRange split_range(const AttentionParams& p, const SequenceSpan& s, const WorkItem& item, int64_t chunk) {
-  const int64_t j_begin = first_tile(p, s, item.begin), j_end = key_range(p, s, item.end - 1).hi;
-  const int64_t len = round_up((j_end - j_begin + p.kv_splits - 1) / p.kv_splits, kTileK);
-  const int64_t ja = std::min(j_end, j_begin + chunk * len);
-  return {ja, std::min(j_end, ja + len)};
-}
 
 // Runs keys [ja, jb) of an item; leaves m, l in w and the output where layout says.
 OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const WorkItem& item, KeyRange keys,
@@ -507,8 +575,6 @@ OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const Work
   return {1, t.rows_pad};
 }
 
-// A split's partial state in the shared scratch: m and l (rows_pad each), O (rows x Dv).
-int64_t partial_floats(const AttentionParams& p, const TileShape& t) { return round_up(t.rows_pad * (p.Dv + 2), 16); }
 
 }  // namespace
 
@@ -532,27 +598,22 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
   {
     ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
     const ForwardTiles w = carve(p, t, thread_scratch);
+    if (splits == 1) {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < count * splits; ++unit) {
-      // Chunk-major: threads run neighbouring heads of the same keys at once.
-      const int64_t it = unit % count, chunk = unit / count;
-      const WorkItem& item = p.group_items[size_t(it)];
-      const SequenceSpan& s = p.seqs[size_t(item.seq)];
-      const int64_t n = item.end - item.begin, rows = p.group * n;
-      const OutputLayout layout = accumulate(p, t, item, split_range(p, s, item, chunk), w);
-      if (splits == 1) {
+      for (int64_t it = 0; it < count; ++it) {
+        const WorkItem& item = p.group_items[size_t(it)];
+        const SequenceSpan& s = p.seqs[size_t(item.seq)];
+        const int64_t n = item.end - item.begin;
+        const OutputLayout layout = accumulate(p, t, item, split_range(p, s, item, 0), w);
         finalize(p, t, s, item.head, item.begin, n, w.m, w.l, w.o, layout, w.o_rows);
         if (p.probs) write_probs(p, t, s, item.head, item.begin, n, w);
         if (p.head_stats) write_stats(p, t, s, item.head, item.begin, n, w);
-        continue;
       }
-      // Park the partial: m, l, then O row-major.
-      float* part = shared + (it * splits + chunk) * partial_floats(p, t);
-      std::copy_n(w.m, rows, part);
-      std::copy_n(w.l, rows, part + t.rows_pad);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t a = 0; a < p.Dv; ++a)
-          part[2 * t.rows_pad + r * p.Dv + a] = w.o[r * layout.row_stride + a * layout.col_stride];
+    } else {  // decode with few heads (plan_forward): chunk-major over sequences
+      const int64_t num_seqs = int64_t(p.seqs.size());
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t unit = 0; unit < num_seqs * splits; ++unit)
+        accumulate_decode_chunk(p, t, unit % num_seqs, unit / num_seqs, shared, w);
     }
     if (splits > 1) {
       // Merge the splits of each item in order: m = max m_c, l = Σ l_c e^(m_c - m), o likewise.
@@ -564,11 +625,11 @@ void FlashForwardSimd(const AttentionParams& p, float* scratch, int64_t scratch_
         std::fill_n(w.m, rows, kNegInf);
         for (int64_t c = 0; c < splits; ++c)
           for (int64_t r = 0; r < rows; ++r)
-            w.m[r] = std::max(w.m[r], shared[(it * splits + c) * partial_floats(p, t) + r]);
+            w.m[r] = std::max(w.m[r], partial_slot(p, t, shared, it, c)[r]);
         std::fill_n(w.l, rows, 0.0f);
         std::fill_n(w.o, rows * p.Dv, 0.0f);
         for (int64_t c = 0; c < splits; ++c) {
-          const float* part = shared + (it * splits + c) * partial_floats(p, t);
+          const float* part = partial_slot(p, t, shared, it, c);
           for (int64_t r = 0; r < rows; ++r) {
             if (part[r] == kNegInf) continue;  // this split saw no allowed key of row r
             const float weight = std::exp(part[r] - w.m[r]);
