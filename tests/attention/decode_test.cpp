@@ -43,6 +43,18 @@ TEST(Decode, SplitKeysWithPaddingWindowAndBf16MatchOracle) {
   EXPECT_TRUE(reference::run_case(c, true).pass()) << c.describe();
 }
 
+// A unit covers every kv head of a key chunk; 16-bit K is scored key block by key block
+// across the heads, then each head's softmax and P·V (masked tiles packed).
+TEST(Decode, SplitKeysAcrossKvHeadsBf16AndF32WithMasksMatchOracle) {
+  for (DType dtype : {DType::kBF16, DType::kF32})
+    for (bool masked : {false, true}) {
+      Case c = decode_case(2, 2600, 8, 4, 64, 9);
+      c.dtype = dtype;
+      if (masked) c.key_padding = true, c.window = {900, -1};
+      EXPECT_TRUE(reference::run_case(c, true).pass()) << c.describe();
+    }
+}
+
 // Strided and unaligned K/V views on the decode path.
 TEST(Decode, StridedViewsMatchOracle) {
   for (reference::Layout layout : {reference::Layout::kPadded, reference::Layout::kHeadMajor}) {
@@ -52,17 +64,21 @@ TEST(Decode, StridedViewsMatchOracle) {
   }
 }
 
+// f32 with one kv head, and bf16 with two (scored across the heads).
 TEST(Decode, SplitKeysBitwiseIdenticalForOneAndTwoThreads) {
-  const Case c = decode_case(1, 4000, 2, 1, 128, 7);
-  const reference::CaseInputs in = reference::materialize(c);
-  AttentionResult runs[2];
-  for (int threads : {1, 2}) {
-    set_num_threads(threads);
-    runs[threads - 1] = attention_forward(in.q.view, in.k.view, in.v.view, in.options);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    Case c = dtype == DType::kF32 ? decode_case(1, 4000, 2, 1, 128, 7) : decode_case(1, 4000, 8, 2, 128, 7);
+    c.dtype = dtype;
+    const reference::CaseInputs in = reference::materialize(c);
+    AttentionResult runs[2];
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      runs[threads - 1] = attention_forward(in.q.view, in.k.view, in.v.view, in.options);
+    }
+    set_num_threads(0);
+    EXPECT_EQ(std::memcmp(runs[0].out.data(), runs[1].out.data(), runs[0].out.nbytes()), 0) << c.describe();
+    EXPECT_EQ(std::memcmp(runs[0].lse.data(), runs[1].lse.data(), runs[0].lse.nbytes()), 0) << c.describe();
   }
-  set_num_threads(0);
-  EXPECT_EQ(std::memcmp(runs[0].out.data(), runs[1].out.data(), runs[0].out.nbytes()), 0);
-  EXPECT_EQ(std::memcmp(runs[0].lse.data(), runs[1].lse.data(), runs[0].lse.nbytes()), 0);
 }
 
 }  // namespace
