@@ -80,33 +80,46 @@ struct OutputLayout {
   int64_t row_stride, col_stride;
 };
 
-// Online softmax down the key axis of Sᵀ for every row vector:
+// Online softmax down the key axis of Sᵀ for G row vectors from row r at once (G
+// independent max and sum chains: one chain alone left the loop latency-bound):
 //   m' = max(m, max_c s);  corr = e^(m - m');  l = l·corr + Σ_c e^(s - m');  Sᵀ <- e^(s - m')
 // Rows with nothing allowed so far keep m = -inf, l = 0 and P = 0.
-void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
-                            float* HWY_RESTRICT l, float* HWY_RESTRICT corr) {
+template <int G>
+HWY_INLINE void online_softmax_vectors(const TileShape& t, int64_t r, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
+                                       float* HWY_RESTRICT l, float* HWY_RESTRICT corr) {
   const FloatTag d;
   const int64_t N = row_vector();
   const auto neg_inf = hn::Set(d, kNegInf);
-  for (int64_t r = 0; r < t.rows_pad; r += N) {
-    const auto m_old = hn::Load(d, m + r);
-    auto tile_max = neg_inf;
-    for (int64_t c = 0; c < kTileK; ++c) tile_max = hn::Max(tile_max, hn::Load(d, s_t + c * t.rows_pad + r));
-    const auto m_new = hn::Max(m_old, tile_max);
-    const auto m_safe = hn::IfThenZeroElse(hn::Eq(m_new, neg_inf), m_new);  // -inf - -inf is NaN
-    auto sum = hn::Zero(d);
-    for (int64_t c = 0; c < kTileK; ++c) {
-      float* at = s_t + c * t.rows_pad + r;
-      const auto x = hn::Load(d, at);
-      const auto e = softmax_exp(hn::Sub(x, m_safe));
-      hn::Store(e, d, at);
-      sum = hn::Add(sum, e);
-    }
-    const auto c = softmax_exp(hn::Sub(m_old, m_safe));
-    hn::Store(hn::MulAdd(hn::Load(d, l + r), c, sum), d, l + r);
-    hn::Store(m_new, d, m + r);
-    hn::Store(c, d, corr + r);
+  hn::Vec<FloatTag> m_new[G], m_safe[G], sum[G];
+  for (int g = 0; g < G; ++g) m_new[g] = hn::Load(d, m + r + g * N);
+  for (int64_t c = 0; c < kTileK; ++c)
+    for (int g = 0; g < G; ++g) m_new[g] = hn::Max(m_new[g], hn::Load(d, s_t + c * t.rows_pad + r + g * N));
+  for (int g = 0; g < G; ++g) {
+    m_safe[g] = hn::IfThenZeroElse(hn::Eq(m_new[g], neg_inf), m_new[g]);  // -inf - -inf is NaN
+    sum[g] = hn::Zero(d);
   }
+  for (int64_t c = 0; c < kTileK; ++c)
+    for (int g = 0; g < G; ++g) {
+      float* at = s_t + c * t.rows_pad + r + g * N;
+      const auto e = softmax_exp(hn::Sub(hn::Load(d, at), m_safe[g]));
+      hn::Store(e, d, at);
+      sum[g] = hn::Add(sum[g], e);
+    }
+  for (int g = 0; g < G; ++g) {
+    const auto c = softmax_exp(hn::Sub(hn::Load(d, m + r + g * N), m_safe[g]));
+    hn::Store(hn::MulAdd(hn::Load(d, l + r + g * N), c, sum[g]), d, l + r + g * N);
+    hn::Store(m_new[g], d, m + r + g * N);
+    hn::Store(c, d, corr + r + g * N);
+  }
+}
+
+// online_softmax_vectors over every row vector of Sᵀ (rows_pad is a multiple of 2 vectors).
+void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
+                            float* HWY_RESTRICT l, float* HWY_RESTRICT corr) {
+  const int64_t N = row_vector();
+  int64_t r = 0;
+  for (; r + 4 * N <= t.rows_pad; r += 4 * N) online_softmax_vectors<4>(t, r, s_t, m, l, corr);
+  for (; r < t.rows_pad; r += 2 * N) online_softmax_vectors<2>(t, r, s_t, m, l, corr);
 }
 
 // The same for one row of a row-major score tile s (kTileK keys): returns the correction.
