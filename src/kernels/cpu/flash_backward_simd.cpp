@@ -109,40 +109,58 @@ void pack_query_side(const AttentionParams& p, const BackwardParams& g, const Ti
   }
 }
 
-// For keys [j0, j0 + nk) (K, V packed in w) and a packed query block: Sᵀ <- Pᵀ (∘ Z) and
-// dpᵀ <- dS'ᵀ, the gradient w.r.t. scale·QKᵀ (through the softcap when set).
-void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv,
-                       int64_t i0, int64_t n, int64_t j0, int64_t nk, const QuerySide& qs,
-                       const BackwardTiles& w) {
+// P = exp(S - lse) into Sᵀ and, without dropout, dS = P ∘ (dP - D) into dPᵀ, for G row
+// vectors from row r (G independent streams, as in the forward's softmax).
+template <int G>
+HWY_INLINE void probs_and_dscores_vectors(const AttentionParams& p, const TileShape& t, int64_t r,
+                                          const QuerySide& qs, const BackwardTiles& w) {
   const FloatTag d;
+  const int64_t N = row_vector();
+  hn::Vec<FloatTag> lse_safe[G], dsum[G];
+  for (int g = 0; g < G; ++g) {
+    const auto lse = hn::Load(d, qs.lse + r + g * N);
+    lse_safe[g] = hn::IfThenZeroElse(hn::Eq(lse, hn::Set(d, kNegInf)), lse);
+    dsum[g] = hn::Load(d, qs.dsum + r + g * N);
+  }
+  for (int64_t c = 0; c < kTileK; ++c)
+    for (int g = 0; g < G; ++g) {
+      float* sp = w.s_t + c * t.rows_pad + r + g * N;
+      float* dp = w.dp_t + c * t.rows_pad + r + g * N;
+      const auto prob = softmax_exp(hn::Sub(hn::Load(d, sp), lse_safe[g]));
+      hn::Store(prob, d, sp);
+      if (p.dropout_p > 0.0f) continue;  // dS needs Z first: done by the caller
+      // softmax: dS = P ∘ (dP - D), exactly 0 where P is (garbage in masked V cannot leak)
+      const auto ds = hn::Mul(prob, hn::Sub(hn::Load(d, dp), dsum[g]));
+      hn::Store(hn::IfThenElseZero(hn::Ne(prob, hn::Zero(d)), ds), d, dp);
+    }
+}
+
+// K and V rows of a key tile: packed in w, or where they lie.
+struct KeyTile {
+  const float* k;
+  int64_t k_stride;
+  const float* v;
+  int64_t v_stride;
+};
+
+// For keys [j0, j0 + nk) and a packed query block: Sᵀ <- Pᵀ (∘ Z) and dpᵀ <- dS'ᵀ, the
+// gradient w.r.t. scale·QKᵀ (through the softcap when set).
+void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv,
+                       int64_t i0, int64_t n, int64_t j0, int64_t nk, const KeyTile& kv, const QuerySide& qs,
+                       const BackwardTiles& w) {
   const int64_t N = row_vector();
   const bool softcap = p.softcap > 0.0f;
   // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
   if (p.decode)
-    dot_scores(qs.q_t, t.d_vec, p.group * n, static_cast<const float*>(w.k), t.d_vec, p.D, nk, w.s_t, 1,
-               t.rows_pad, [](int64_t) {});
-  else scores_t(qs.q_t, w.k, t.d_vec, p.D, t, w.s_t);
+    dot_scores(qs.q_t, t.d_vec, p.group * n, kv.k, kv.k_stride, p.D, nk, w.s_t, 1, t.rows_pad, [](int64_t) {});
+  else scores_t(qs.q_t, kv.k, kv.k_stride, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
   // forward: O = P V, so dPᵀ = V dOᵀ
-  outer_product(qs.do_t, t.rows_pad, w.v, p.Dv, 1, p.Dv, kTileK, t.rows_pad, w.dp_t, false);
-  const auto neg_inf = hn::Set(d, kNegInf);
-  for (int64_t r = 0; r < t.rows_pad; r += N) {
-    const auto lse = hn::Load(d, qs.lse + r);
-    const auto lse_safe = hn::IfThenZeroElse(hn::Eq(lse, neg_inf), lse);
-    const auto dsum = hn::Load(d, qs.dsum + r);
-    for (int64_t c = 0; c < kTileK; ++c) {
-      float* sp = w.s_t + c * t.rows_pad + r;
-      float* dp = w.dp_t + c * t.rows_pad + r;
-      const auto x = hn::Load(d, sp);
-      const auto prob = softmax_exp(hn::Sub(x, lse_safe));
-      hn::Store(prob, d, sp);
-      if (p.dropout_p > 0.0f) continue;  // dS needs Z first: done below
-      // softmax: dS = P ∘ (dP - D), exactly 0 where P is (garbage in masked V cannot leak)
-      const auto ds = hn::Mul(prob, hn::Sub(hn::Load(d, dp), dsum));
-      hn::Store(hn::IfThenElseZero(hn::Ne(prob, hn::Zero(d)), ds), d, dp);
-    }
-  }
+  outer_product(qs.do_t, t.rows_pad, kv.v, kv.v_stride, 1, p.Dv, kTileK, t.rows_pad, w.dp_t, false);
+  int64_t r = 0;
+  for (; r + 4 * N <= t.rows_pad; r += 4 * N) probs_and_dscores_vectors<4>(p, t, r, qs, w);
+  for (; r < t.rows_pad; r += 2 * N) probs_and_dscores_vectors<2>(p, t, r, qs, w);
   if (p.dropout_p > 0.0f) {
     // dropout: O = (P ∘ Z) V, so dP = Z ∘ (dO Vᵀ) and dV uses P ∘ Z
     for (int64_t r = 0; r < p.group * n; ++r) {
@@ -186,7 +204,7 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
     for (int64_t blk = first_block; blk < end_block; ++blk) {
       const int64_t i0 = blk * p.group_rows, n = std::min(p.group_rows, s.q_len - i0);
       const QuerySide qs = query_side(p, t, shared, p.group_item_first[size_t(item.seq)] + hkv * nblocks + blk);
-      probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, qs, w);
+      probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, {w.k, t.d_vec, w.v, p.Dv}, qs, w);
       const int64_t rows_n = p.group * n;
       // dV += Pᵀ dO ;  dK += dSᵀ Q   (scale applied once at the end)
       outer_product(qs.dout, t.dv_vec, w.s_t, t.rows_pad, 1, rows_n, kTileK, t.dv_vec, w.dv, true);
@@ -209,15 +227,21 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
   const QuerySide qs = query_side(p, t, shared, index);
   std::fill_n(w.dq, t.rows_pad * t.d_vec, 0.0f);
+  const bool f32 = p.k.dtype == DType::kF32, maskable = p.mask.data || p.bias.data;
   const int64_t j_begin = first_tile(p, s, i0), j_end = key_range(p, s, i0 + n - 1).hi;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, j_end - j0);
-    pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
-    pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
-    probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, qs, w);
-    if (p.mask.data || p.bias.data) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
+    // Full f32 tiles are read where they lie (K only when its rows are whole vectors and
+    // no key can be masked for every row: see zero_unattended_rows); others are packed.
+    const bool v_in_place = f32 && nk == kTileK, k_in_place = v_in_place && p.D == t.d_vec && !maskable;
+    if (!k_in_place) pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+    if (!v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
+    const KeyTile kv{k_in_place ? kv_row<float>(p.k, s, hkv, j0) : w.k, k_in_place ? p.k.stride_l : t.d_vec,
+                     v_in_place ? kv_row<float>(p.v, s, hkv, j0) : w.v, v_in_place ? p.v.stride_l : p.Dv};
+    probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, kv, qs, w);
+    if (maskable) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
     // dQ += dS K   (scale applied once at the end)
-    outer_product(w.k, t.d_vec, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
+    outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
   }
   for (int64_t r = 0; r < p.group * n; ++r)
     store_row(g.dq.data, g.dq.dtype, item_row_offset(g.dq, p, s, hkv, i0, n, r), p.D, w.dq + r * t.d_vec, p.scale);
