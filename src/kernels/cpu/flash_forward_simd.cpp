@@ -410,7 +410,7 @@ bool stream_output(const AttentionParams& p) {
   const bool whole_vectors = p.Dv % N == 0 && p.out.stride_b % N == 0 && p.out.stride_l % N == 0 &&
                              p.out.stride_h % N == 0 && reinterpret_cast<uintptr_t>(p.out.data) % 64 == 0;
   return p.out.dtype == DType::kF32 && whole_vectors &&
-         int64_t(p.seqs.size()) * p.Lq * p.H * p.Dv * int64_t(sizeof(float)) >= kStreamOutputBytes;
+         p.B * p.Lq * p.H * p.Dv * int64_t(sizeof(float)) >= kStreamOutputBytes;
 }
 
 // The keys of split `chunk` of an item's key range: whole tiles, fixed by shape.
@@ -599,7 +599,6 @@ void write_probs(const AttentionParams& p, const TileShape& t, const SequenceSpa
   }
 }
 
-
 // Runs keys [ja, jb) of an item; leaves m, l in w and the output where layout says.
 OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const WorkItem& item, KeyRange keys,
                         const ForwardTiles& w) {
@@ -615,7 +614,6 @@ OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const Work
   else accumulate_tiled(p, t, s, item.head, item.begin, n, keys.lo, keys.hi, w);
   return {1, t.rows_pad};
 }
-
 
 }  // namespace
 

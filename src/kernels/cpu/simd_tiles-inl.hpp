@@ -40,9 +40,10 @@ inline constexpr int64_t kBroadcasts = HWY_MAX_BYTES >= 64 ? 8 : 4;
 inline int64_t row_vector() { return int64_t(hn::Lanes(FloatTag())); }
 
 // e^x for the softmax, where x = s - max <= 0 (or a little above, from rounding), within
-// 1 ulp (tests/kernels/softmax_exp_test.cpp): 0 at -inf, NaN stays NaN. On AVX-512: x = n·ln2 + r with |r| <= ln2/2 (ln2 in two parts), e^r by
-// Highway's degree-7 polynomial, then vscalefps for 2^n, which also rounds results below
-// FLT_MIN to subnormals or 0; 13 instructions where hn::Exp takes ~25. Elsewhere hn::Exp.
+// 1 ulp (tests/kernels/softmax_exp_test.cpp): 0 at -inf, NaN stays NaN. On AVX-512:
+// x = n·ln2 + r with |r| <= ln2/2 (ln2 in two parts), e^r by Highway's degree-7
+// polynomial, then vscalefps for 2^n, which also rounds results below FLT_MIN to
+// subnormals or 0: 13 instructions where hn::Exp takes ~25. Elsewhere hn::Exp.
 HWY_INLINE hn::Vec<FloatTag> softmax_exp(hn::Vec<FloatTag> x) {
   const FloatTag d;
 #if HWY_TARGET <= HWY_AVX3
@@ -94,7 +95,6 @@ struct ScratchCarver {
   }
 };
 
-// out[a, :] (+)= Σ_x sc[a·sa + x·sx] · vec[x·vstride + :] for A values of a and 2 vectors.
 // out[a, :W vectors) (+)= Σ_x sc[a·sa + x·sx] · vec[x·vstride + :W vectors) for A values of a.
 template <int A, int W>
 HWY_INLINE void outer_micro(const float* HWY_RESTRICT vec, int64_t vstride, const float* HWY_RESTRICT sc,
@@ -310,7 +310,8 @@ const T* kv_row(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t
   return static_cast<const T*>(a.data) + s.batch * a.stride_b + (s.k_begin + j) * a.stride_l + hkv * a.stride_h;
 }
 
-// Sᵀ (kTileK x rows_pad) = K Qᵀ for a packed K tile (kTileK rows of stride k_stride >= D).
+// Sᵀ (kTileK x rows_pad) = K Qᵀ for kTileK K rows of stride k_stride >= D (packed, or
+// where they lie).
 inline void scores_t(const float* q_t, const float* k_rows, int64_t k_stride, int64_t D, const TileShape& t,
                      float* s_t) {
   outer_product(q_t, t.rows_pad, k_rows, k_stride, 1, D, kTileK, t.rows_pad, s_t, false);
