@@ -55,6 +55,23 @@ TEST(Decode, SplitKeysAcrossKvHeadsBf16AndF32WithMasksMatchOracle) {
     }
 }
 
+// bf16 decode scores run on vdpbf16ps where the CPU has it: K read under a mask at any D
+// (odd, not a multiple of 32), blocks of 1, 2 and 4 rows (group x queries), split and
+// unsplit keys; probabilities and the backward score the same way.
+TEST(Decode, Bf16ScoresOnDotProductsMatchOracleForEveryHeadDimAndRowBlock) {
+  struct Shape { int64_t Lq, Lk, H, Hkv, D; };
+  const Shape shapes[] = {{1, 700, 4, 4, 1}, {1, 1100, 4, 2, 8}, {1, 1100, 4, 1, 31}, {3, 900, 4, 2, 59},
+                          {2, 1300, 2, 1, 80}, {1, 1030, 8, 2, 111}, {4, 600, 4, 4, 256}, {1, 2048, 8, 8, 128}};
+  uint64_t seed = 20;
+  for (const Shape& x : shapes) {
+    Case c = decode_case(x.Lq, x.Lk, x.H, x.Hkv, x.D, seed++);
+    c.dtype = DType::kBF16;
+    c.probs = true;
+    const reference::CaseResult r = reference::run_case(c, /*backward=*/true);
+    EXPECT_TRUE(r.pass()) << c.describe() << "\n" << r.report();
+  }
+}
+
 // Strided and unaligned K/V views on the decode path.
 TEST(Decode, StridedViewsMatchOracle) {
   for (reference::Layout layout : {reference::Layout::kPadded, reference::Layout::kHeadMajor}) {

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <type_traits>
 
-// g++ 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized.
+#include "kernels/cpu/lane_sum.hpp"
+
+// g++ 12 reports the _mm512_undefined_*() inside its own intrinsics as (maybe) uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace multihead::detail {
 
@@ -84,7 +87,40 @@ MULTIHEAD_BF16_TARGET void bf16_outer_product_impl(const uint32_t* vec, int64_t 
   }
 }
 
+template <int R>
+MULTIHEAD_BF16_TARGET void dot_block(const uint32_t* const* q_rows, const uint16_t* const* k_rows, int64_t D,
+                                     float* sums) {
+  constexpr int C = 16 / R;
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int e = 0; e < 16; ++e) acc[e] = _mm512_setzero_ps();
+  for (int64_t x = 0; x < D; x += 32) {
+    const __mmask32 valid = D - x >= 32 ? ~__mmask32(0) : (__mmask32(1) << (D - x)) - 1;
+    __m512bh q[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) q[r] = (__m512bh)_mm512_loadu_si512(q_rows[r] + x / 2);
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) {
+      const __m512bh k = (__m512bh)_mm512_maskz_loadu_epi16(valid, k_rows[c] + x);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r * C + c] = _mm512_dpbf16_ps(acc[r * C + c], q[r], k);
+    }
+  }
+  __m512 sum_in[16];  // a copy, so acc itself never has its address taken and stays in registers
+#pragma GCC unroll 16
+  for (int e = 0; e < 16; ++e) sum_in[e] = acc[e];
+  _mm512_storeu_ps(sums, sum_lanes16(sum_in));
+}
+
 }  // namespace
+
+void bf16_dot_block(int R, const uint32_t* const* q_rows, const uint16_t* const* k_rows, int64_t D, float* sums) {
+  switch (R) {
+    case 1: dot_block<1>(q_rows, k_rows, D, sums); break;
+    case 2: dot_block<2>(q_rows, k_rows, D, sums); break;
+    default: dot_block<4>(q_rows, k_rows, D, sums); break;
+  }
+}
 
 MULTIHEAD_BF16_TARGET void bf16_outer_product(const uint32_t* vec, int64_t vstride, const uint32_t* sc, int64_t sa,
                                               int64_t sx, int64_t X2, int64_t count, int64_t width, float* out,

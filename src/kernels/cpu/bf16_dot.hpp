@@ -32,4 +32,11 @@ void bf16_pair_source_rows(const uint16_t* src, int64_t src_stride, int64_t n, i
 // Zeroes row c's half of every pair in its pair row (width columns, stride apart).
 void bf16_clear_pair_half(uint32_t* pairs, int64_t stride, int64_t c, int64_t width);
 
+// Sixteen decode scores, unscaled, from a block of R rows x 16/R keys (R = 1, 2 or 4):
+// sums[r·16/R + c] = q_r · k_c. Each q_r holds a query as bf16 pairs, zero past D up to a
+// multiple of 16 pairs; each k_c is a bf16 K row where it lies, read under a mask (any D,
+// any alignment). One vdpbf16ps chain per (row, key) along D, then sum_lanes16, the f32
+// path's reduction.
+void bf16_dot_block(int R, const uint32_t* const* q_rows, const uint16_t* const* k_rows, int64_t D, float* sums);
+
 }  // namespace multihead::detail

@@ -25,7 +25,7 @@ namespace {
 
 // A group item's packed query side (pass 0), in the shared scratch.
 struct QuerySide {
-  float* q_t;      // D x rows_pad       Qᵀ · scale (decode calls: Q · scale, rows_pad x d_vec)
+  float* q_t;      // D x rows_pad       Qᵀ · scale (decode calls: pack_decode_queries)
   float* q;        // rows_pad x d_vec   Q
   float* do_t;     // Dv x rows_pad      dOᵀ
   float* dout;     // rows_pad x dv_vec  dO
@@ -86,9 +86,8 @@ void pack_query_side(const AttentionParams& p, const BackwardParams& g, const Ti
                      const QuerySide& qs, float* row) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
-  if (p.decode) {  // the forward's decode scoring: scaled rows
-    pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, t.rows_pad, qs.q_t);
-    for (int64_t e = 0; e < t.rows_pad * t.d_vec; ++e) qs.q_t[e] *= p.scale;
+  if (p.decode) {  // the forward's decode scoring
+    pack_decode_queries(p, t, s, hkv, i0, n, t.rows_pad, qs.q_t);
   } else {
     pack_item_rows_t(p.q, p.D, p.scale, p, s, hkv, i0, n, t, row, qs.q_t);
   }
@@ -152,7 +151,10 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
   const bool softcap = p.softcap > 0.0f;
   // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
   if (p.decode)
-    dot_scores(qs.q_t, t.d_vec, p.group * n, kv.k, kv.k_stride, p.D, nk, w.s_t, 1, t.rows_pad, [](int64_t) {});
+    with_float_type(p.k.dtype, [&](auto k_type) {
+      decode_scores<typename decltype(k_type)::type>(p, t, s, hkv, p.group * n, j0, nk, qs.q_t, w.s_t, 1, t.rows_pad,
+                                                     [](int64_t) {});
+    });
   else scores_t(qs.q_t, kv.k, kv.k_stride, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);

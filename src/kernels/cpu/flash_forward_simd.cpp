@@ -165,17 +165,6 @@ void apply_dropout(const AttentionParams& p, const SequenceSpan& s, int64_t hkv,
   }
 }
 
-// bf16 inputs where the CPU has AVX512-BF16: both products on vdpbf16ps, with P rounded
-// to bf16 for P·V (as every bf16 attention kernel does; the pass rule's baseline too).
-bool use_bf16_dot(const AttentionParams& p) {
-#if HWY_TARGET == HWY_AVX3
-  return p.q.dtype == DType::kBF16 && has_avx512_bf16();
-#else
-  (void)p;
-  return false;
-#endif
-}
-
 // K rows [j0, j0 + nk) of a bf16 tensor as pairs (kTileK x D/2), zero-padded.
 void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
                     uint32_t* out) {
@@ -337,8 +326,8 @@ struct DecodeState {
 };
 
 // Keys [j0, j0 + nk) of an item's decode rows (keys before jb are prefetched): S = Q Kᵀ by
-// dot products along D, P·V along Dv, so no lane idles on a handful of rows. q holds the
-// scaled rows, t.d_vec apart. K and V are read in place, except V tiles with masked keys:
+// dot products along D, P·V along Dv, so no lane idles on a handful of rows. q comes from
+// pack_decode_queries. K and V are read in place, except V tiles with masked keys:
 // those are packed with the masked rows zeroed, so garbage there (NaN, inf) cannot reach O
 // through 0 · x.
 template <typename KT, typename VT>
@@ -348,8 +337,8 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
   const int64_t rows = p.group * n;
   const RowPrefetch k_ahead = prefetch_rows<KT>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
   const RowPrefetch v_ahead = prefetch_rows<VT>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
-  dot_scores(q, t.d_vec, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, w.s_t, kTileK, 1,
-             [&](int64_t c) { k_ahead(c), v_ahead(c); });  // S[r, c] = q_r · k_c
+  decode_scores<KT>(p, t, s, hkv, rows, j0, nk, q, w.s_t, kTileK, 1,
+                    [&](int64_t c) { k_ahead(c), v_ahead(c); });  // S[r, c] = scale · q_r · k_c
   const bool plain = tile_is_plain(p, s, i0, n, j0, nk);
   for (int64_t r = 0; r < rows; ++r) {
     float* srow = w.s_t + r * kTileK;
@@ -373,18 +362,11 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
   weighted_rows(w.s_t, kTileK, rows, static_cast<const float*>(w.v), t.dv_vec, p.Dv, nk, st.o, st.o_stride);
 }
 
-// An item's decode rows as scaled f32, t.d_vec apart.
-void pack_decode_queries(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
-                         int64_t i0, int64_t n, float* q) {
-  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, p.group * n, q);
-  for (int64_t e = 0; e < p.group * n * t.d_vec; ++e) q[e] *= p.scale;
-}
-
 // Keys [ja, jb) of an item, decode path: O row-major in w.o.
 template <typename KT, typename VT>
 void accumulate_decode_typed(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                              int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
-  pack_decode_queries(p, t, s, hkv, i0, n, w.q);
+  pack_decode_queries(p, t, s, hkv, i0, n, p.group * n, w.q);
   std::fill_n(w.o, p.group * n * t.dv_vec, 0.0f);
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK)
     decode_tile<KT, VT>(p, t, s, hkv, i0, n, j0, std::min(kTileK, jb - j0), jb, w.q, {w.m, w.l, w.o, t.dv_vec}, w);
@@ -471,7 +453,7 @@ void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t,
     std::fill_n(st.m, rows, kNegInf);
     std::fill_n(st.l, rows, 0.0f);
     std::fill_n(st.o, rows * p.Dv, 0.0f);
-    pack_decode_queries(p, t, s, h, item.begin, n, w.q_heads + h * rows * t.d_vec);
+    pack_decode_queries(p, t, s, h, item.begin, n, rows, w.q_heads + h * rows * t.d_vec);
   }
   uint32_t streamed = 0;
   for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += kTileK) {
@@ -536,7 +518,7 @@ void finalize(const AttentionParams& p, const TileShape& t, const SequenceSpan& 
 void pack_rescore_queries(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                           int64_t i0, int64_t n, const ForwardTiles& w) {
   if (p.decode) {
-    pack_decode_queries(p, t, s, hkv, i0, n, w.q);
+    pack_decode_queries(p, t, s, hkv, i0, n, p.group * n, w.q);
   } else {
     pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
   }
@@ -545,9 +527,8 @@ void rescore(const AttentionParams& p, const TileShape& t, const SequenceSpan& s
              int64_t n, int64_t j0, int64_t nk, const ForwardTiles& w) {
   if (p.decode) {
     with_float_type(p.k.dtype, [&](auto k_type) {
-      using KT = typename decltype(k_type)::type;
-      dot_scores(w.q, t.d_vec, p.group * n, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, w.s_t, 1,
-                 t.rows_pad, [](int64_t) {});
+      decode_scores<typename decltype(k_type)::type>(p, t, s, hkv, p.group * n, j0, nk, w.q, w.s_t, 1, t.rows_pad,
+                                                     [](int64_t) {});
     });
   } else {
     pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);

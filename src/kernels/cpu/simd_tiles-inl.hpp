@@ -16,6 +16,7 @@
 #define MULTIHEAD_SIMD_TILES_INL_H_
 #endif
 
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -23,6 +24,8 @@
 
 #include <hwy/contrib/math/math-inl.h>
 
+#include "kernels/cpu/bf16_dot.hpp"
+#include "kernels/cpu/lane_sum.hpp"
 #include "kernels/cpu/tile_ops.hpp"
 
 HWY_BEFORE_NAMESPACE();
@@ -374,23 +377,6 @@ HWY_INLINE void dot_rows(const float* HWY_RESTRICT q, int64_t q_stride, const T*
 }
 
 #if HWY_TARGET <= HWY_AVX3
-// Lane i of the result is the sum of the lanes of v[i], by one fixed tree for every lane
-// (pairs of 128-bit lanes, then 128-bit blocks): 45 instructions for 16 sums, where 16
-// SumOfLanes take ~160 and a serial chain each.
-HWY_INLINE __m512 sum_lanes16(const __m512* v) {
-  __m512 u[8], w[4];
-  for (int i = 0; i < 8; ++i)  // per block [a0+a2, b0+b2, a1+a3, b1+b3]
-    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)  // per block the block sums of v[4i .. 4i+3]
-    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const auto halves = [](__m512 a, __m512 b) {  // [a0+a1, a2+a3, b0+b1, b2+b3] in blocks
-    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-  };
-  return halves(halves(w[0], w[1]), halves(w[2], w[3]));
-}
-
 // A block of R rows x 16/R keys of decode scores: one accumulator per (row, key) along D,
 // then sum_lanes16. Rows and keys past the valid ones repeat the last valid one (results
 // dropped), so every score goes through the same arithmetic whatever block it falls in.
@@ -436,8 +422,6 @@ HWY_INLINE void dot_block(const float* HWY_RESTRICT q, int64_t q_stride, int64_t
 // depend neither on whether k is a packed f32 tile or the K tensor itself (widening is
 // exact) nor on how rows and keys are blocked (GQA and MHA give the same bits). q holds
 // scaled queries, q_stride apart; k rows are k_stride apart. ahead(c) runs before key c.
-// The forward, its probs and stats, and the backward all score decode calls here, so P
-// is recomputed bit for bit.
 template <typename T, class Ahead>
 void dot_scores(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, const T* HWY_RESTRICT k,
                 int64_t k_stride, int64_t D, int64_t nk, float* HWY_RESTRICT s, int64_t rs, int64_t cs,
@@ -480,6 +464,80 @@ decltype(auto) with_float_type(DType dtype, F&& f) {
     case DType::kF16: return f(std::type_identity<f16>{});
     default: return f(std::type_identity<float>{});
   }
+}
+
+// bf16 inputs where the CPU has AVX512-BF16: the products on vdpbf16ps. In tiles P is
+// rounded to bf16 for P·V (as every bf16 attention kernel does; the pass rule's baseline
+// too); decode scores Q·K there and keeps P·V in f32.
+inline bool use_bf16_dot(const AttentionParams& p) {
+#if HWY_TARGET == HWY_AVX3
+  return p.q.dtype == DType::kBF16 && has_avx512_bf16();
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+// Decode queries as bf16 pairs: pairs per row, a multiple of 16 (no more than t.d_vec
+// floats, so they fit where the f32 rows go).
+inline int64_t query_pair_stride(const AttentionParams& p) { return round_up((p.D + 1) / 2, 16); }
+
+// dot_scores for bf16 K on vdpbf16ps (bf16_dot_block, same blocking and lane sums): q as
+// bf16 pairs, q_stride pairs apart, and s = scale · (q_r · k_c), the scale applied after
+// the sum so the bf16 queries stay exact.
+template <class Ahead>
+void dot_scores_bf16(const uint32_t* q, int64_t q_stride, int64_t rows, const bf16* k, int64_t k_stride, int64_t D,
+                     int64_t nk, float scale, float* HWY_RESTRICT s, int64_t rs, int64_t cs, const Ahead& ahead) {
+  const int R = rows == 1 ? 1 : rows == 2 ? 2 : 4, C = 16 / R;
+  for (int64_t c0 = 0; c0 < nk; c0 += C)
+    for (int64_t r0 = 0; r0 < rows; r0 += R) {
+      const uint32_t* q_rows[4];
+      const uint16_t* k_rows[16];
+      for (int r = 0; r < R; ++r) q_rows[r] = q + std::min<int64_t>(r0 + r, rows - 1) * q_stride;
+      for (int c = 0; c < C; ++c) {
+        if (r0 == 0 && c0 + c < nk) ahead(c0 + c);
+        k_rows[c] = reinterpret_cast<const uint16_t*>(k + std::min<int64_t>(c0 + c, nk - 1) * k_stride);
+      }
+      alignas(64) float sums[16];
+      bf16_dot_block(R, q_rows, k_rows, D, sums);
+      for (int r = 0; r < R && r0 + r < rows; ++r)
+        for (int c = 0; c < C && c0 + c < nk; ++c) s[(r0 + r) * rs + (c0 + c) * cs] = sums[r * C + c] * scale;
+    }
+}
+
+// An item's decode rows as decode_scores reads them, rows_out rows (zero past group·n):
+// bf16 pairs, unscaled, where use_bf16_dot; scaled f32 rows t.d_vec apart otherwise.
+inline void pack_decode_queries(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
+                                int64_t i0, int64_t n, int64_t rows_out, float* q) {
+  if (use_bf16_dot(p)) {
+    const int64_t stride = query_pair_stride(p);
+    uint32_t* pairs = reinterpret_cast<uint32_t*>(q);
+    std::fill_n(pairs, rows_out * stride, 0u);
+    // A bf16 row read as little-endian uint32 already is its pairs (even element low).
+    for (int64_t r = 0; r < p.group * n; ++r)
+      std::memcpy(pairs + r * stride, static_cast<const uint16_t*>(p.q.data) + item_row_offset(p.q, p, s, hkv, i0, n, r),
+                  size_t(p.D) * sizeof(uint16_t));
+    return;
+  }
+  pack_item_rows(p.q, p.D, t.d_vec, p, s, hkv, i0, n, rows_out, q);
+  for (int64_t e = 0; e < rows_out * t.d_vec; ++e) q[e] *= p.scale;
+}
+
+// Decode scores of keys [j0, j0 + nk) of kv head hkv, read where they lie:
+// S[r·rs + c·cs] = scale · q_r · k_c for the first `rows` rows of q (pack_decode_queries).
+// The forward, its probs and stats, and the backward all score decode calls here, so P is
+// recomputed bit for bit.
+template <typename KT, class Ahead>
+void decode_scores(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t rows,
+                   int64_t j0, int64_t nk, const float* q, float* out, int64_t rs, int64_t cs, const Ahead& ahead) {
+  if constexpr (std::is_same_v<KT, bf16>) {
+    if (use_bf16_dot(p)) {
+      dot_scores_bf16(reinterpret_cast<const uint32_t*>(q), query_pair_stride(p), rows, kv_row<bf16>(p.k, s, hkv, j0),
+                      p.k.stride_l, p.D, nk, p.scale, out, rs, cs, ahead);
+      return;
+    }
+  }
+  dot_scores(q, t.d_vec, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, out, rs, cs, ahead);
 }
 
 
