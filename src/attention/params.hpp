@@ -105,6 +105,8 @@ struct BackwardParams {
   float* dsinks = nullptr;          // (H)
   int64_t dsinks_stride = 0;
   std::vector<WorkItem> kv_items;   // (seq, kv head, key rows)
+  // kv_items of (seq, kv head) u = seq·Hkv + hkv are [kv_item_first[u], kv_item_first[u + 1]).
+  std::vector<int64_t> kv_item_first;
   // dbias pass: (target batch, target head, query rows) of the dbias tensor; a reduced
   // dim has a single target index 0 and the item loops over it in a fixed order.
   std::vector<WorkItem> bias_items;

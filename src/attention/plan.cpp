@@ -137,10 +137,13 @@ BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, c
   // padded keys get zero gradients).
   for (size_t b = 0; b < p.seqs.size(); ++b) {
     const int64_t rows = o.cu_seqlens_k ? p.seqs[b].k_len : p.Lk;
-    for (int64_t h = 0; h < p.Hkv; ++h)
+    for (int64_t h = 0; h < p.Hkv; ++h) {
+      g.kv_item_first.push_back(int64_t(g.kv_items.size()));
       for (int64_t j0 = 0; j0 < rows; j0 += p.tile_k)
         g.kv_items.push_back({int32_t(b), int32_t(h), j0, std::min(j0 + p.tile_k, rows)});
+    }
   }
+  g.kv_item_first.push_back(int64_t(g.kv_items.size()));
   if (grads.dbias) {
     const TensorView& t = *grads.dbias;
     const TensorView& bias = *o.bias;

@@ -53,15 +53,8 @@ bool has_nan(const Tensor& t) {
   return false;
 }
 
-// Runs forward (with probs) and backward once before and once after `spoil`, which
-// writes garbage where no query may look, and expects identical bytes everywhere.
-void expect_garbage_ignored(const Case& c, CaseInputs& in, const std::function<void()>& spoil) {
-  const TensorView &q = in.q.view, &k = in.k.view, &v = in.v.view;
-  const Forward f1 = run_forward(q, k, v, in.options, /*probs=*/true);
-  const Backward g1 = run_backward(in.dout.view(), q, k, v, f1, in.options);
-  spoil();
-  const Forward f2 = run_forward(q, k, v, in.options, /*probs=*/true);
-  const Backward g2 = run_backward(in.dout.view(), q, k, v, f2, in.options);
+void expect_same_results(const Case& c, const Forward& f1, const Backward& g1, const Forward& f2,
+                         const Backward& g2) {
   EXPECT_FALSE(has_nan(f1.out)) << c.describe();
   EXPECT_TRUE(same_bytes(f1.out.view(), f2.out.view())) << "out, " << c.describe();
   EXPECT_TRUE(same_bytes(f1.lse.view(), f2.lse.view())) << "lse, " << c.describe();
@@ -70,6 +63,24 @@ void expect_garbage_ignored(const Case& c, CaseInputs& in, const std::function<v
   // dk, dv at never-seen keys are exactly 0 in both runs.
   EXPECT_TRUE(same_bytes(g1.dk.view(), g2.dk.view())) << "dk, " << c.describe();
   EXPECT_TRUE(same_bytes(g1.dv.view(), g2.dv.view())) << "dv, " << c.describe();
+}
+
+// Runs forward (with probs) and backward once before and once after `spoil`, which
+// writes garbage where no query may look, and expects identical bytes everywhere. The
+// spoiled run uses 1 thread, then 2: with 4 to 7 (sequence, kv head) pairs the backward
+// fuses its dK/dV and dQ passes on 1 thread only, so both ways meet the garbage.
+void expect_garbage_ignored(const Case& c, CaseInputs& in, const std::function<void()>& spoil) {
+  const TensorView &q = in.q.view, &k = in.k.view, &v = in.v.view;
+  const Forward f1 = run_forward(q, k, v, in.options, /*probs=*/true);
+  const Backward g1 = run_backward(in.dout.view(), q, k, v, f1, in.options);
+  spoil();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    const Forward f2 = run_forward(q, k, v, in.options, /*probs=*/true);
+    const Backward g2 = run_backward(in.dout.view(), q, k, v, f2, in.options);
+    set_num_threads(0);
+    expect_same_results(c, f1, g1, f2, g2);
+  }
 }
 
 TEST(MaskedGarbage, KeyPaddingIgnoresKeysPastTheLength) {
@@ -86,7 +97,7 @@ TEST(MaskedGarbage, KeyPaddingIgnoresKeysPastTheLength) {
 
 TEST(MaskedGarbage, CausalTopLeftIgnoresKeysNoQueryReaches) {
   // Top-left: query i sees j <= i, so keys j >= Lq are never seen.
-  Case c = make(CaseKind::kCausalTopLeft, 2, 17, 40, 2, 1, 33, 12);
+  Case c = make(CaseKind::kCausalTopLeft, 2, 17, 40, 4, 2, 33, 12);
   c.causal = CausalAlign::kTopLeft;
   CaseInputs in = reference::materialize(c);
   expect_garbage_ignored(c, in, [&] {
@@ -96,7 +107,7 @@ TEST(MaskedGarbage, CausalTopLeftIgnoresKeysNoQueryReaches) {
 }
 
 TEST(MaskedGarbage, MaskIgnoresMaskedOutKeys) {
-  Case c = make(CaseKind::kMask, 2, 24, 37, 4, 4, 16, 13);
+  Case c = make(CaseKind::kMask, 2, 24, 37, 4, 2, 16, 13);
   c.mask = Broadcast::kBatchKey;  // (B, 1, 1, Lk)
   CaseInputs in = reference::materialize(c);
   bool* keep = in.mask.data_as<bool>();
@@ -348,7 +359,12 @@ std::vector<Case> determinism_cases() {
   Case mixed = make(CaseKind::kMixed, 2, 150, 150, 4, 1, 80, 65);
   mixed.dtype = DType::kBF16, mixed.mask = Broadcast::kFull, mixed.softcap = 20.0f, mixed.alibi = true;
   mixed.layout = Layout::kHeadMajor, mixed.window = {40, 10};
-  return {gqa, var, bias, bias2, mixed};
+  // 4 (sequence, kv head) pairs: the backward fuses its passes on 1 thread, not on 2 or 3.
+  Case masked = make(CaseKind::kMixed, 2, 150, 150, 4, 2, 80, 66);
+  masked.mask = Broadcast::kFull, masked.softcap = 20.0f, masked.alibi = true, masked.window = {40, 10};
+  Case decode = make(CaseKind::kCausalBottomRight, 1, 2, 700, 8, 4, 64, 67);
+  decode.causal = CausalAlign::kBottomRight;
+  return {gqa, var, bias, bias2, mixed, masked, decode};
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, Determinism, ::testing::ValuesIn(determinism_cases()), case_name);
 

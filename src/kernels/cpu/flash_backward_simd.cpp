@@ -4,6 +4,10 @@
 //   0. per group item: pack Qᵀ, Q, dOᵀ, dO, lse and D = rowsum(dO ∘ O) once
 //   1. per (sequence, kv head, key block): dK, dV over the query blocks that see the keys
 //   2. per group item: dQ over its key range
+// With enough (sequence, kv head) pairs to share out (fuse_dq), passes 1 and 2 run as one:
+// per pair, key block by key block, each query block's dQ accumulating in its query side.
+// That computes S, P, dP and dS once per tile pair instead of twice (5 products, not 7),
+// with the same bits: dQ sums the same dS and K rows in the same key order.
 // All five products use the one outer-product micro-kernel of simd_tiles-inl.hpp:
 //   Sᵀ = K Qᵀ,  dPᵀ = V dOᵀ,  dV += Pᵀ dO,  dK += dSᵀ Q,  dQ += dS K.
 #undef HWY_TARGET_INCLUDE
@@ -31,6 +35,7 @@ struct QuerySide {
   float* dout;     // rows_pad x dv_vec  dO
   float* lse;      // rows_pad           -inf on padded rows
   float* dsum;     // rows_pad           D = rowsum(dO ∘ O)
+  float* dq;       // rows_pad x d_vec   dQ / scale, accumulated when passes 1 and 2 are fused
 };
 
 QuerySide carve_query_side(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
@@ -41,6 +46,7 @@ QuerySide carve_query_side(const AttentionParams& p, const TileShape& t, Scratch
   q.dout = take(t.rows_pad * t.dv_vec);
   q.lse = take(t.rows_pad);
   q.dsum = take(t.rows_pad);
+  q.dq = take(t.rows_pad * t.d_vec);
   return q;
 }
 
@@ -58,6 +64,7 @@ QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared
 // One thread's tiles.
 struct BackwardTiles {
   float* k;      // kTileK x d_vec      K rows
+  float* k_dq;   // kTileK x d_vec      K rows for dQ, those no row attends zeroed (masks)
   float* v;      // kTileK x Dv         V rows
   float* s_t;    // kTileK x rows_pad   Sᵀ, then Pᵀ (∘ Z with dropout)
   float* raw_t;  // kTileK x rows_pad   Sᵀ before the softcap
@@ -71,6 +78,7 @@ struct BackwardTiles {
 BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   BackwardTiles w;
   w.k = take(kTileK * t.d_vec);
+  w.k_dq = take(kTileK * t.d_vec);
   w.v = take(kTileK * p.Dv);
   w.s_t = take(kTileK * t.rows_pad);
   w.raw_t = take(kTileK * t.rows_pad);
@@ -188,8 +196,11 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
   }
 }
 
+// dK, dV of a key block over the query blocks that see it; with_dq also adds each query
+// block's dQ += dS K into its query side, over the keys that dq_item would use for the
+// block (up to its last row's reach), so the sums match dq_item's bit for bit.
 void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared,
-                const WorkItem& item, const BackwardTiles& w) {
+                const WorkItem& item, const BackwardTiles& w, bool with_dq) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t hkv = item.head, j0 = item.begin, n_out = item.end - item.begin;
   // Keys past k_len (key padding) are never attended: their gradients are zero.
@@ -211,6 +222,16 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
       // dV += Pᵀ dO ;  dK += dSᵀ Q   (scale applied once at the end)
       outer_product(qs.dout, t.dv_vec, w.s_t, t.rows_pad, 1, rows_n, kTileK, t.dv_vec, w.dv, true);
       outer_product(qs.q, t.d_vec, w.dp_t, t.rows_pad, 1, rows_n, kTileK, t.d_vec, w.dk, true);
+      if (with_dq) {
+        const int64_t nk_q = std::min(nk, key_range(p, s, i0 + n - 1).hi - j0);
+        const float* k = w.k;
+        if (p.mask.data || p.bias.data) {  // as dq_item: 0 · garbage K
+          std::copy_n(w.k, kTileK * t.d_vec, w.k_dq);
+          zero_unattended_rows(w.dp_t, nk_q, t, w.k_dq, t.d_vec);
+          k = w.k_dq;
+        }
+        outer_product(k, t.d_vec, w.dp_t, 1, t.rows_pad, nk_q, t.rows_pad, t.d_vec, qs.dq, true);
+      }
     }
   }
   for (int64_t c = 0; c < n_out; ++c) {
@@ -220,6 +241,13 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
     store_row(g.dv.data, g.dv.dtype, s.batch * g.dv.stride_b + j * g.dv.stride_l + hkv * g.dv.stride_h, p.Dv,
               w.dv + c * t.dv_vec, 1.0f);
   }
+}
+
+// dQ rows of a group item from its accumulator (rows_pad x d_vec, scale still to apply).
+void store_dq(const AttentionParams& p, const BackwardParams& g, const TileShape& t, const SequenceSpan& s,
+              int64_t hkv, int64_t i0, int64_t n, const float* dq) {
+  for (int64_t r = 0; r < p.group * n; ++r)
+    store_row(g.dq.data, g.dq.dtype, item_row_offset(g.dq, p, s, hkv, i0, n, r), p.D, dq + r * t.d_vec, p.scale);
 }
 
 void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared, int64_t index,
@@ -245,8 +273,25 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
     // dQ += dS K   (scale applied once at the end)
     outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
   }
-  for (int64_t r = 0; r < p.group * n; ++r)
-    store_row(g.dq.data, g.dq.dtype, item_row_offset(g.dq, p, s, hkv, i0, n, r), p.D, w.dq + r * t.d_vec, p.scale);
+  store_dq(p, g, t, s, hkv, i0, n, w.dq);
+}
+
+// Passes 1 and 2 fused for (sequence, kv head) u: its key blocks in order (dk_dv_item with
+// dQ), then the dQ of its query blocks.
+void dk_dv_dq_unit(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared,
+                   int64_t u, const BackwardTiles& w) {
+  const int64_t seq = u / p.Hkv, hkv = u % p.Hkv;
+  const SequenceSpan& s = p.seqs[size_t(seq)];
+  const int64_t nblocks = (s.q_len + p.group_rows - 1) / p.group_rows;
+  const int64_t first_item = p.group_item_first[size_t(seq)] + hkv * nblocks;
+  for (int64_t blk = 0; blk < nblocks; ++blk)
+    std::fill_n(query_side(p, t, shared, first_item + blk).dq, t.rows_pad * t.d_vec, 0.0f);
+  for (int64_t it = g.kv_item_first[size_t(u)]; it < g.kv_item_first[size_t(u) + 1]; ++it)
+    dk_dv_item(p, g, t, shared, g.kv_items[size_t(it)], w, /*with_dq=*/true);
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t i0 = blk * p.group_rows, n = std::min(p.group_rows, s.q_len - i0);
+    store_dq(p, g, t, s, hkv, i0, n, query_side(p, t, shared, first_item + blk).dq);
+  }
 }
 
 }  // namespace
@@ -259,11 +304,18 @@ void BackwardSimdScratchFloats(const AttentionParams& p, int64_t* per_thread, in
   *shared = int64_t(p.group_items.size()) * query_side_floats(p, t);
 }
 
+// (sequence, kv head) pairs per thread from which passes 1 and 2 are fused.
+inline constexpr int64_t kFuseUnitsPerThread = 4;
+
 void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float* scratch,
                        int64_t scratch_per_thread) {
   const TileShape t = tile_shape(p);
   float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
   const int64_t nq = int64_t(p.group_items.size()), nkv = int64_t(g.kv_items.size());
+  // Fused units are whole (sequence, kv head) pairs: fuse when there are enough of them to
+  // keep every thread busy. Both ways give the same bits, so this may follow the threads.
+  const int64_t units = int64_t(g.kv_item_first.size()) - 1;
+  const bool fuse_dq = units >= kFuseUnitsPerThread * p.num_threads;
 #pragma omp parallel num_threads(p.num_threads)
   {
     ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
@@ -272,10 +324,15 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
     for (int64_t it = 0; it < nq; ++it)
       pack_query_side(p, g, t, p.group_items[size_t(it)], query_side(p, t, shared, it), w.row);
     // (implicit barrier: every query side is packed)
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t it = 0; it < nkv; ++it) dk_dv_item(p, g, t, shared, g.kv_items[size_t(it)], w);
+    if (fuse_dq) {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < nq; ++it) dq_item(p, g, t, shared, it, w);
+      for (int64_t u = 0; u < units; ++u) dk_dv_dq_unit(p, g, t, shared, u, w);
+    } else {
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t it = 0; it < nkv; ++it) dk_dv_item(p, g, t, shared, g.kv_items[size_t(it)], w, false);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < nq; ++it) dq_item(p, g, t, shared, it, w);
+    }
   }
   // dsink_h = -Σ_{b,i} exp(sink_h - lse_i) · D_i, in a fixed order.
   if (g.dsinks) {
