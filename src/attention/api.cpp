@@ -46,7 +46,8 @@ void attention_backward(const TensorView& dout, const TensorView& q, const Tenso
                         const BackwardOutputs& grads, const AttentionOptions& options) {
   const detail::ProblemSizes sizes = detail::validate_backward(dout, q, k, v, out, lse, grads, options);
   // The forward's params read out and lse (never written in the backward).
-  const AttentionParams p = detail::plan_forward(sizes, q, k, v, ForwardOutputs{out, lse, std::nullopt}, options);
+  const AttentionParams p = detail::plan_forward(sizes, q, k, v, ForwardOutputs{out, lse, std::nullopt}, options,
+                                                 detail::PlanFor::kBackward);
   const detail::BackwardParams g = detail::plan_backward(p, dout, grads, options);
   int64_t per_thread = 0, shared = 0;
   detail::backward_scratch_floats(p, g, &per_thread, &shared);

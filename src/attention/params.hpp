@@ -36,6 +36,15 @@ struct SequenceSpan {
 // Query rows per portable work item (and per SIMD group item, all heads together).
 inline constexpr int64_t kTileQ = 64;
 
+// Query rows per SIMD forward group item where D and Dv are at most kWideTileMaxDim and
+// no causal or window band cuts the items: Qᵀ and Oᵀ still fit L1 beside a K/V tile, and
+// each K/V tile serves twice the rows (S1 +3 points of peak, the L = 32768 case +10). At
+// D = 128 (S2) it was 3% slower; on a band the diagonal tiles waste twice the work (S4
+// forward slower); the backward keeps kTileQ, its tiles hold more (6.6% slower at 128).
+// Rows are computed alike in any item, so the bits do not depend on this.
+inline constexpr int64_t kWideTileQ = 128;
+inline constexpr int64_t kWideTileMaxDim = 64;
+
 // Calls whose sequences have at most this many queries (decoding) run the SIMD kernels'
 // decode path and may have their keys split (AttentionParams::kv_splits). Chosen by the
 // query length alone, so GQA and MHA with repeated K/V take the same path.

@@ -44,7 +44,8 @@ int32_t i32_at(const TensorView& v, int64_t i) { return static_cast<const int32_
 }  // namespace
 
 AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const TensorView& k,
-                             const TensorView& v, const ForwardOutputs& outputs, const AttentionOptions& o) {
+                             const TensorView& v, const ForwardOutputs& outputs, const AttentionOptions& o,
+                             PlanFor plan_for) {
   AttentionParams p;
   p.B = s.B, p.Lq = s.Lq, p.Lk = s.Lk, p.H = s.H, p.Hkv = s.Hkv, p.D = s.D, p.Dv = s.Dv;
   p.group = s.Hkv > 0 ? s.H / s.Hkv : 1;
@@ -107,8 +108,11 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
     for (int64_t h = 0; h < s.H; ++h)
       for (int64_t i0 = 0; i0 < p.seqs[size_t(b)].q_len; i0 += p.tile_q)
         p.q_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + p.tile_q, p.seqs[size_t(b)].q_len)});
-  // Group items carry ~kTileQ rows in all: the group's heads times group_rows queries.
-  p.group_rows = std::max<int64_t>(kDecodeQueries, kTileQ / p.group);
+  // Group items carry ~item_rows rows in all: the group's heads times group_rows queries.
+  const bool banded = p.window_left >= 0 || p.window_right >= 0;  // causal or windowed
+  const bool wide = plan_for == PlanFor::kForward && !banded && p.D <= kWideTileMaxDim && p.Dv <= kWideTileMaxDim;
+  const int64_t item_rows = wide ? kWideTileQ : kTileQ;
+  p.group_rows = std::max<int64_t>(kDecodeQueries, item_rows / p.group);
   for (int64_t b = 0; b < s.num_seqs; ++b) {
     p.group_item_first.push_back(int64_t(p.group_items.size()));
     for (int64_t h = 0; h < s.Hkv; ++h)

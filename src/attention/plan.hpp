@@ -9,9 +9,13 @@
 
 namespace multihead::detail {
 
+// Which call the forward's params serve: the backward plans its query blocks alike, but
+// with its own row count per block.
+enum class PlanFor { kForward, kBackward };
+
 AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const TensorView& k,
                              const TensorView& v, const ForwardOutputs& outputs,
-                             const AttentionOptions& options);
+                             const AttentionOptions& options, PlanFor plan_for = PlanFor::kForward);
 
 // The forward part of the backward's params (q, k, v, out, lse) plus the gradients.
 BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, const BackwardOutputs& grads,
