@@ -368,6 +368,23 @@ std::vector<Case> determinism_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, Determinism, ::testing::ValuesIn(determinism_cases()), case_name);
 
+// The forward gives 128-row items to small heads without a band and 64-row items otherwise;
+// a window wide enough to keep every key bands the same problem without changing its math,
+// so out and lse must agree bitwise (rows are computed alike in any item).
+TEST(ItemRows, WideAndNarrowForwardItemsAreBitwiseEqual) {
+  for (const auto& [Hkv, dtype] : {std::pair{4, DType::kF32}, std::pair{2, DType::kF32}, std::pair{1, DType::kBF16}}) {
+    Case c = make(CaseKind::kGqa, 2, 300, 260, 4, Hkv, 64, 68);
+    c.dtype = dtype;
+    const CaseInputs in = reference::materialize(c);
+    const Forward wide = run_forward(in.q.view, in.k.view, in.v.view, in.options);
+    AttentionOptions banded = in.options;
+    banded.window = {c.Lq + c.Lk, c.Lq + c.Lk};
+    const Forward narrow = run_forward(in.q.view, in.k.view, in.v.view, banded);
+    EXPECT_TRUE(same_bytes(wide.out.view(), narrow.out.view())) << c.describe();
+    EXPECT_TRUE(same_bytes(wide.lse.view(), narrow.lse.view())) << c.describe();
+  }
+}
+
 // ---------------------------------------------------------------- failing calls
 
 // A valid problem with every output present: bias (1, 1, Lq, Lk) and sinks, so dbias
