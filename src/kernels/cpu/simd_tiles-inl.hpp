@@ -540,7 +540,6 @@ void decode_scores(const AttentionParams& p, const TileShape& t, const SequenceS
   dot_scores(q, t.d_vec, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, out, rs, cs, ahead);
 }
 
-
 // The first key tile of an item: tiles start at multiples of kTileK, so every row meets
 // the same tiles whichever rows share its item (GQA and MHA give the same bits).
 inline int64_t first_tile(const AttentionParams& p, const SequenceSpan& s, int64_t i0) {
