@@ -27,6 +27,15 @@ namespace HWY_NAMESPACE {
 
 namespace {
 
+// (sequence, kv head) pairs per thread from which passes 1 and 2 are fused.
+inline constexpr int64_t kFuseUnitsPerThread = 4;
+
+// Fused units are whole (sequence, kv head) pairs: fuse when there are enough of them to
+// keep every thread busy. Both ways give the same bits, so this may follow the threads.
+bool fuse_dq(const AttentionParams& p) {
+  return int64_t(p.seqs.size()) * p.Hkv >= kFuseUnitsPerThread * p.num_threads;
+}
+
 // A group item's packed query side (pass 0), in the shared scratch.
 struct QuerySide {
   float* q_t;      // D x rows_pad       Qᵀ · scale (decode calls: pack_decode_queries)
@@ -35,7 +44,7 @@ struct QuerySide {
   float* dout;     // rows_pad x dv_vec  dO
   float* lse;      // rows_pad           -inf on padded rows
   float* dsum;     // rows_pad           D = rowsum(dO ∘ O)
-  float* dq;       // rows_pad x d_vec   dQ / scale, accumulated when passes 1 and 2 are fused
+  float* dq;       // rows_pad x d_vec   dQ / scale, accumulated when fuse_dq (else empty)
 };
 
 QuerySide carve_query_side(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
@@ -46,7 +55,7 @@ QuerySide carve_query_side(const AttentionParams& p, const TileShape& t, Scratch
   q.dout = take(t.rows_pad * t.dv_vec);
   q.lse = take(t.rows_pad);
   q.dsum = take(t.rows_pad);
-  q.dq = take(t.rows_pad * t.d_vec);
+  q.dq = take(fuse_dq(p) ? t.rows_pad * t.d_vec : 0);
   return q;
 }
 
@@ -64,7 +73,7 @@ QuerySide query_side(const AttentionParams& p, const TileShape& t, float* shared
 // One thread's tiles.
 struct BackwardTiles {
   float* k;      // kTileK x d_vec      K rows
-  float* k_dq;   // kTileK x d_vec      K rows for dQ, those no row attends zeroed (masks)
+  float* k_dq;   // kTileK x d_vec      K rows for dQ, those no row attends zeroed (fuse_dq, masks)
   float* v;      // kTileK x Dv         V rows
   float* s_t;    // kTileK x rows_pad   Sᵀ, then Pᵀ (∘ Z with dropout)
   float* raw_t;  // kTileK x rows_pad   Sᵀ before the softcap
@@ -78,7 +87,7 @@ struct BackwardTiles {
 BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   BackwardTiles w;
   w.k = take(kTileK * t.d_vec);
-  w.k_dq = take(kTileK * t.d_vec);
+  w.k_dq = take(fuse_dq(p) && (p.mask.data || p.bias.data) ? kTileK * t.d_vec : 0);
   w.v = take(kTileK * p.Dv);
   w.s_t = take(kTileK * t.rows_pad);
   w.raw_t = take(kTileK * t.rows_pad);
@@ -304,18 +313,12 @@ void BackwardSimdScratchFloats(const AttentionParams& p, int64_t* per_thread, in
   *shared = int64_t(p.group_items.size()) * query_side_floats(p, t);
 }
 
-// (sequence, kv head) pairs per thread from which passes 1 and 2 are fused.
-inline constexpr int64_t kFuseUnitsPerThread = 4;
-
 void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float* scratch,
                        int64_t scratch_per_thread) {
   const TileShape t = tile_shape(p);
   float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
   const int64_t nq = int64_t(p.group_items.size()), nkv = int64_t(g.kv_items.size());
-  // Fused units are whole (sequence, kv head) pairs: fuse when there are enough of them to
-  // keep every thread busy. Both ways give the same bits, so this may follow the threads.
-  const int64_t units = int64_t(g.kv_item_first.size()) - 1;
-  const bool fuse_dq = units >= kFuseUnitsPerThread * p.num_threads;
+  const int64_t units = int64_t(g.kv_item_first.size()) - 1;  // (sequence, kv head) pairs
 #pragma omp parallel num_threads(p.num_threads)
   {
     ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
@@ -324,7 +327,7 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
     for (int64_t it = 0; it < nq; ++it)
       pack_query_side(p, g, t, p.group_items[size_t(it)], query_side(p, t, shared, it), w.row);
     // (implicit barrier: every query side is packed)
-    if (fuse_dq) {
+    if (fuse_dq(p)) {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t u = 0; u < units; ++u) dk_dv_dq_unit(p, g, t, shared, u, w);
     } else {
