@@ -43,8 +43,8 @@ TEST(Decode, SplitKeysWithPaddingWindowAndBf16MatchOracle) {
   EXPECT_TRUE(reference::run_case(c, true).pass()) << c.describe();
 }
 
-// A unit covers every kv head of a key chunk; 16-bit K is scored key block by key block
-// across the heads, then each head's softmax and P·V (masked tiles packed).
+// A unit covers every kv head of a key chunk: each tile of K and V (all heads) is streamed
+// into the caches, then each head scores, softmaxes and adds P·V (masked tiles packed).
 TEST(Decode, SplitKeysAcrossKvHeadsBf16AndF32WithMasksMatchOracle) {
   for (DType dtype : {DType::kBF16, DType::kF32})
     for (bool masked : {false, true}) {
@@ -81,7 +81,7 @@ TEST(Decode, StridedViewsMatchOracle) {
   }
 }
 
-// f32 with one kv head, and bf16 with two (scored across the heads).
+// f32 with one kv head, and bf16 with two (a unit then covers both heads of a chunk).
 TEST(Decode, SplitKeysBitwiseIdenticalForOneAndTwoThreads) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     Case c = dtype == DType::kF32 ? decode_case(1, 4000, 2, 1, 128, 7) : decode_case(1, 4000, 8, 2, 128, 7);

@@ -32,9 +32,8 @@ inline constexpr int64_t kFuseUnitsPerThread = 4;
 
 // Fused units are whole (sequence, kv head) pairs: fuse when there are enough of them to
 // keep every thread busy. Both ways give the same bits, so this may follow the threads.
-bool fuse_dq(const AttentionParams& p) {
-  return int64_t(p.seqs.size()) * p.Hkv >= kFuseUnitsPerThread * p.num_threads;
-}
+int64_t kv_pairs(const AttentionParams& p) { return int64_t(p.seqs.size()) * p.Hkv; }
+bool fuse_dq(const AttentionParams& p) { return kv_pairs(p) >= kFuseUnitsPerThread * p.num_threads; }
 
 // A group item's packed query side (pass 0), in the shared scratch.
 struct QuerySide {
@@ -318,7 +317,6 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
   const TileShape t = tile_shape(p);
   float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
   const int64_t nq = int64_t(p.group_items.size()), nkv = int64_t(g.kv_items.size());
-  const int64_t units = int64_t(g.kv_item_first.size()) - 1;  // (sequence, kv head) pairs
 #pragma omp parallel num_threads(p.num_threads)
   {
     ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
@@ -329,7 +327,7 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
     // (implicit barrier: every query side is packed)
     if (fuse_dq(p)) {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t u = 0; u < units; ++u) dk_dv_dq_unit(p, g, t, shared, u, w);
+      for (int64_t u = 0; u < kv_pairs(p); ++u) dk_dv_dq_unit(p, g, t, shared, u, w);
     } else {
 #pragma omp for schedule(dynamic, 1) nowait
       for (int64_t it = 0; it < nkv; ++it) dk_dv_item(p, g, t, shared, g.kv_items[size_t(it)], w, false);

@@ -330,14 +330,14 @@ struct DecodeState {
 // pack_decode_queries. K and V are read in place, except V tiles with masked keys:
 // those are packed with the masked rows zeroed, so garbage there (NaN, inf) cannot reach O
 // through 0 · x.
-template <typename KT, typename VT>
+template <typename T>
 void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                  int64_t n, int64_t j0, int64_t nk, int64_t jb, const float* q, const DecodeState& st,
                  const ForwardTiles& w) {
   const int64_t rows = p.group * n;
-  const RowPrefetch k_ahead = prefetch_rows<KT>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
-  const RowPrefetch v_ahead = prefetch_rows<VT>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
-  decode_scores<KT>(p, t, s, hkv, rows, j0, nk, q, w.s_t, kTileK, 1,
+  const RowPrefetch k_ahead = prefetch_rows<T>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
+  const RowPrefetch v_ahead = prefetch_rows<T>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
+  decode_scores<T>(p, t, s, hkv, rows, j0, nk, q, w.s_t, kTileK, 1,
                     [&](int64_t c) { k_ahead(c), v_ahead(c); });  // S[r, c] = scale · q_r · k_c
   const bool plain = tile_is_plain(p, s, i0, n, j0, nk);
   for (int64_t r = 0; r < rows; ++r) {
@@ -350,7 +350,7 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
   if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, kTileK, 1, w.row);
   // O += P V
   if (plain) {
-    weighted_rows(w.s_t, kTileK, rows, kv_row<VT>(p.v, s, hkv, j0), p.v.stride_l, p.Dv, nk, st.o, st.o_stride);
+    weighted_rows(w.s_t, kTileK, rows, kv_row<T>(p.v, s, hkv, j0), p.v.stride_l, p.Dv, nk, st.o, st.o_stride);
     return;
   }
   pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
@@ -363,22 +363,19 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
 }
 
 // Keys [ja, jb) of an item, decode path: O row-major in w.o.
-template <typename KT, typename VT>
+template <typename T>
 void accumulate_decode_typed(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                              int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   pack_decode_queries(p, t, s, hkv, i0, n, p.group * n, w.q);
   std::fill_n(w.o, p.group * n * t.dv_vec, 0.0f);
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK)
-    decode_tile<KT, VT>(p, t, s, hkv, i0, n, j0, std::min(kTileK, jb - j0), jb, w.q, {w.m, w.l, w.o, t.dv_vec}, w);
+    decode_tile<T>(p, t, s, hkv, i0, n, j0, std::min(kTileK, jb - j0), jb, w.q, {w.m, w.l, w.o, t.dv_vec}, w);
 }
 
 void accumulate_decode(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                        int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
-  with_float_type(p.k.dtype, [&](auto k_type) {
-    with_float_type(p.v.dtype, [&](auto v_type) {
-      accumulate_decode_typed<typename decltype(k_type)::type, typename decltype(v_type)::type>(p, t, s, hkv, i0,
-                                                                                               n, ja, jb, w);
-    });
+  with_float_type(p.k.dtype, [&](auto type) {  // k and v share q's dtype (validate.cpp)
+    accumulate_decode_typed<typename decltype(type)::type>(p, t, s, hkv, i0, n, ja, jb, w);
   });
 }
 
@@ -413,7 +410,7 @@ float* partial_slot(const AttentionParams& p, const TileShape& t, float* shared,
 // in address order. A loop of plain loads keeps many misses in flight; the same misses
 // met among the dot products, even with software prefetch, left S3 (K/V cold) at a third
 // of the read bandwidth. Returns the words' XOR, for the caller to keep.
-template <typename KT, typename VT>
+template <typename T>
 uint32_t stream_tile(const AttentionParams& p, const SequenceSpan& s, int64_t j0, int64_t nk) {
   uint32_t x = 0;
   const auto touch = [&x](const void* row, int64_t bytes) {
@@ -425,8 +422,8 @@ uint32_t stream_tile(const AttentionParams& p, const SequenceSpan& s, int64_t j0
   };
   for (int64_t c = 0; c < nk; ++c)
     for (int64_t h = 0; h < p.Hkv; ++h) {
-      touch(kv_row<KT>(p.k, s, h, j0 + c), p.D * int64_t(sizeof(KT)));
-      touch(kv_row<VT>(p.v, s, h, j0 + c), p.Dv * int64_t(sizeof(VT)));
+      touch(kv_row<T>(p.k, s, h, j0 + c), p.D * int64_t(sizeof(T)));
+      touch(kv_row<T>(p.v, s, h, j0 + c), p.Dv * int64_t(sizeof(T)));
     }
   return x;
 }
@@ -436,7 +433,7 @@ uint32_t stream_tile(const AttentionParams& p, const SequenceSpan& s, int64_t j0
 // layout) are first streamed into the caches, then each head computes on them. S3 cold:
 // f32 1.18 -> 0.95-1.0 ms, bf16 0.9 -> 0.63-0.8 ms; cache-resident K/V pay the extra pass
 // (f32 0.48 -> 0.6 ms). The running state lives in the partial slots.
-template <typename KT, typename VT>
+template <typename T>
 void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t, int64_t seq, int64_t chunk,
                                    float* shared, const ForwardTiles& w) {
   const SequenceSpan& s = p.seqs[size_t(seq)];
@@ -458,20 +455,17 @@ void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t,
   uint32_t streamed = 0;
   for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, keys.hi - j0);
-    streamed ^= stream_tile<KT, VT>(p, s, j0, nk);
+    streamed ^= stream_tile<T>(p, s, j0, nk);
     for (int64_t h = 0; h < p.Hkv; ++h)
-      decode_tile<KT, VT>(p, t, s, h, item.begin, n, j0, nk, keys.hi, w.q_heads + h * rows * t.d_vec, state(h), w);
+      decode_tile<T>(p, t, s, h, item.begin, n, j0, nk, keys.hi, w.q_heads + h * rows * t.d_vec, state(h), w);
   }
   std::memcpy(w.row, &streamed, sizeof(streamed));  // keeps the streaming loads
 }
 
 void accumulate_decode_chunk(const AttentionParams& p, const TileShape& t, int64_t seq, int64_t chunk, float* shared,
                              const ForwardTiles& w) {
-  with_float_type(p.k.dtype, [&](auto k_type) {
-    with_float_type(p.v.dtype, [&](auto v_type) {
-      accumulate_decode_chunk_typed<typename decltype(k_type)::type, typename decltype(v_type)::type>(p, t, seq,
-                                                                                                     chunk, shared, w);
-    });
+  with_float_type(p.k.dtype, [&](auto type) {  // k and v share q's dtype (validate.cpp)
+    accumulate_decode_chunk_typed<typename decltype(type)::type>(p, t, seq, chunk, shared, w);
   });
 }
 
