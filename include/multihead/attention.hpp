@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "multihead/tensor.hpp"
+#include "multihead/threads.hpp"  // set_num_threads / get_num_threads
 
 namespace multihead {
 
@@ -106,10 +107,5 @@ struct AttentionGrads {
 AttentionGrads attention_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
                                   const TensorView& v, const TensorView& out, const TensorView& lse,
                                   const AttentionOptions& options = {});
-
-// Threads used by the attention kernels (OpenMP). Results are bitwise identical
-// for any thread count. n <= 0 restores the default (all cores).
-void set_num_threads(int n);
-int get_num_threads();
 
 }  // namespace multihead

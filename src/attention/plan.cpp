@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "core/threads.hpp"
+#include "multihead/threads.hpp"
 
 namespace multihead::detail {
 

@@ -1,9 +1,8 @@
+#include "multihead/threads.hpp"
+
 #include <omp.h>
 
 #include <atomic>
-
-#include "core/threads.hpp"
-#include "multihead/attention.hpp"
 
 namespace multihead {
 
