@@ -1,24 +1,16 @@
 #include "attention/plan.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <limits>
 
+#include "kernels/kernels.hpp"
 #include "multihead/threads.hpp"
 
 namespace multihead::detail {
 
 namespace {
-
-// Tile sizes: a 64 x 64 score tile with its Q/K/V rows stays in L2 for D <= 256.
-constexpr int64_t kTileK = 64;
-// Decode splits: decode calls with fewer than kSplitBelowHeads (sequence, query head)
-// pairs get up to kMaxSplits key chunks of at least kSplitKeys each. Besides feeding every
-// core when heads are few, chunks let the threads read neighbouring heads of the same keys
-// at once (the kernel runs them chunk-major): S3 (32 heads) went 1.8 -> 1.3 ms cold.
-constexpr int64_t kSplitBelowHeads = 64;
-constexpr int64_t kSplitKeys = 512;
-constexpr int64_t kMaxSplits = 16;
 
 Activation activation(const TensorView& t) {
   return {t.data, t.dtype, t.strides[0], t.strides[1], t.strides[2]};
@@ -129,6 +121,19 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
   if (p.decode && s.num_seqs * s.H < kSplitBelowHeads)
     p.kv_splits = std::clamp<int64_t>(max_k / kSplitKeys, 1, kMaxSplits);
   p.num_threads = get_num_threads();
+
+  // The kernels' preconditions, decided once here (the SIMD ones for the active ISA).
+  const IsaTraits isa = active_isa_traits();
+  p.scores_plain = p.softcap <= 0.0f && !p.bias.data && !p.alibi_slopes && !p.mask.data;
+  p.keys_maskable = p.mask.data || p.bias.data;
+  p.bf16_dot = isa.bf16_dot && p.q.dtype == DType::kBF16;
+  p.kv_tiles_in_place = p.k.dtype == DType::kF32;
+  p.dq_keys_in_place = p.kv_tiles_in_place && p.D % (2 * isa.float_lanes) == 0 && !p.keys_maskable;
+  const int64_t lanes = isa.float_lanes;
+  const bool whole_vectors = p.Dv % lanes == 0 && p.out.stride_b % lanes == 0 && p.out.stride_l % lanes == 0 &&
+                             p.out.stride_h % lanes == 0 && reinterpret_cast<uintptr_t>(p.out.data) % 64 == 0;
+  p.stream_output = isa.simd && p.out.dtype == DType::kF32 && whole_vectors &&
+                    p.B * p.Lq * p.H * p.Dv * int64_t(sizeof(float)) >= kStreamOutputBytes;
   return p;
 }
 
@@ -160,14 +165,18 @@ BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, c
     g.dbias = static_cast<float*>(t.data);
     g.dbias_stride_b = strides[0], g.dbias_stride_h = strides[1], g.dbias_stride_i = strides[2], g.dbias_stride_j = strides[3];
     g.dbias_reduce_b = reduce[0], g.dbias_reduce_h = reduce[1], g.dbias_reduce_i = reduce[2], g.dbias_reduce_j = reduce[3];
+    // Portable: blocks of (head, tile_q rows); SIMD: blocks of (kv head, one group item's
+    // rows), the rows the SIMD backward packs and scores together.
+    const bool simd = active_isa_traits().simd;
+    const int64_t heads = simd ? p.Hkv : p.H, rows = simd ? p.group_rows : p.tile_q;
     for (int64_t b = 0; b < (g.dbias_reduce_b ? 1 : p.B); ++b)
-      for (int64_t h = 0; h < (g.dbias_reduce_h ? 1 : p.H); ++h) {
+      for (int64_t h = 0; h < (g.dbias_reduce_h ? 1 : heads); ++h) {
         if (g.dbias_reduce_i) {
           g.bias_items.push_back({int32_t(b), int32_t(h), 0, p.Lq});
           continue;
         }
-        for (int64_t i0 = 0; i0 < p.Lq; i0 += p.tile_q)
-          g.bias_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + p.tile_q, p.Lq)});
+        for (int64_t i0 = 0; i0 < p.Lq; i0 += rows)
+          g.bias_items.push_back({int32_t(b), int32_t(h), i0, std::min(i0 + rows, p.Lq)});
       }
   }
   if (grads.dsinks) g.dsinks = static_cast<float*>(grads.dsinks->data), g.dsinks_stride = grads.dsinks->strides[0];

@@ -4,7 +4,7 @@
 // results are bitwise identical for any number of threads.
 #pragma once
 
-#include "attention/params.hpp"
+#include "kernels/params.hpp"
 #include "attention/validate.hpp"
 
 namespace multihead::detail {

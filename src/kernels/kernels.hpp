@@ -1,9 +1,10 @@
-// Entry points of the CPU kernels: the only kernel header attention/ includes.
+// Entry points of the CPU kernels: with kernels/params.hpp (the contract), the only kernel
+// headers attention/ includes.
 // Each call runs the whole pass over params' work items on params.num_threads
 // OpenMP threads; scratch holds num_threads * scratch_per_thread floats.
 #pragma once
 
-#include "attention/params.hpp"
+#include "kernels/params.hpp"
 
 namespace multihead::detail {
 
@@ -22,6 +23,14 @@ int64_t forward_simd_shared_floats(const AttentionParams& p);
 
 // The instruction set the dispatch uses: "avx512", "avx2", ... or "scalar".
 const char* active_isa();
+// What the planner asks of the dispatch to set its kernel flags.
+struct IsaTraits {
+  bool simd = false;         // the SIMD kernels run (else the portable ones)
+  int64_t float_lanes = 1;   // f32 lanes of the SIMD kernels' vectors
+  bool bf16_dot = false;     // the SIMD kernels run on AVX-512 and the CPU has AVX512-BF16
+};
+IsaTraits active_isa_traits();
+int64_t simd_float_lanes();  // f32 lanes of the target the SIMD kernels dispatch to
 // Backward scratch: per_thread floats for each thread, then shared floats after them.
 void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch,
                     int64_t scratch_per_thread);

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 
+#include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/kernels.hpp"
 #include "multihead/error.hpp"
 
@@ -50,6 +51,15 @@ const IsaChoice& isa_choice() {
 
 const char* active_isa() { return isa_choice().name.c_str(); }
 
+IsaTraits active_isa_traits() {
+  IsaTraits traits;
+  traits.simd = isa_choice().simd;
+  if (!traits.simd) return traits;
+  traits.float_lanes = simd_float_lanes();
+  traits.bf16_dot = isa_choice().name == "avx512" && has_avx512_bf16();
+  return traits;
+}
+
 void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread) {
   if (isa_choice().simd) flash_forward_simd(p, scratch, scratch_per_thread);
   else flash_forward_portable(p, scratch, scratch_per_thread);
@@ -60,15 +70,16 @@ void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64
   *shared = isa_choice().simd ? forward_simd_shared_floats(p) : 0;
 }
 
-// dbias has its own pass in the portable backward only: a call that asks for it runs there.
+// The SIMD backward covers every option (d(bias) included): the portable kernels are the
+// scalar twin only, so a SIMD call never recomputes P with other scores than its forward's.
 void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch, int64_t scratch_per_thread) {
-  if (isa_choice().simd && !g.dbias) flash_backward_simd(p, g, scratch, scratch_per_thread);
+  if (isa_choice().simd) flash_backward_simd(p, g, scratch, scratch_per_thread);
   else flash_backward_portable(p, g, scratch, scratch_per_thread);
 }
 
-void backward_scratch_floats(const AttentionParams& p, const BackwardParams& g, int64_t* per_thread,
+void backward_scratch_floats(const AttentionParams& p, const BackwardParams& /*g*/, int64_t* per_thread,
                              int64_t* shared) {
-  if (isa_choice().simd && !g.dbias) {
+  if (isa_choice().simd) {
     backward_simd_scratch_floats(p, per_thread, shared);
   } else {
     *per_thread = backward_portable_scratch_floats(p);

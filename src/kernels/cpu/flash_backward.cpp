@@ -10,6 +10,7 @@
 // Every pass recomputes P = exp(S - lse) with the forward's own score_tile.
 #include <omp.h>
 
+#include "kernels/cpu/score_modifiers.hpp"
 #include "kernels/cpu/tile_ops.hpp"
 #include "kernels/kernels.hpp"
 
@@ -106,15 +107,8 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, int64_t 
     if (p.dropout_p > 0.0f)
       for (int64_t c = 0; c < nk; ++c) prow[c] *= zrow[c];  // S now holds P ∘ Z, for dV
     if (bias_grad) std::copy_n(dsrow, nk, bias_grad + r * nk);
-    if (softcap) {
-      // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
-      const float inv = 1.0f / p.softcap;
-      const float* rawrow = w.raw + r * nk;
-      for (int64_t c = 0; c < nk; ++c) {
-        const float t = std::tanh(rawrow[c] * inv);
-        dsrow[c] *= 1.0f - t * t;
-      }
-    }
+    // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
+    if (softcap) softcap_backward(p.softcap, w.raw + r * nk, dsrow, nk);
   }
 }
 

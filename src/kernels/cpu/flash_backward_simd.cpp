@@ -4,11 +4,16 @@
 //   0. per group item: pack Qᵀ, Q, dOᵀ, dO, lse and D = rowsum(dO ∘ O) once
 //   1. per (sequence, kv head, key block): dK, dV over the query blocks that see the keys
 //   2. per group item: dQ over its key range
+//   3. per block of the dbias tensor (when asked): d(bias), summed in a fixed order
 // With enough (sequence, kv head) pairs to share out (fuse_dq), passes 1 and 2 run as one:
 // per pair, key block by key block, each query block's dQ accumulating in its query side.
 // That computes S, P, dP and dS once per tile pair instead of twice (5 products, not 7),
 // with the same bits: dQ sums the same dS and K rows in the same key order.
-// All five products use the one outer-product micro-kernel of simd_tiles-inl.hpp:
+// Every pass scores with the forward's code (scores_t or decode_scores, then the modifier
+// unit of score_modifiers_simd-inl.hpp), so P = exp(S - lse) matches the forward's lse bit
+// for bit. (One exception remains: bf16 tiles on vdpbf16ps, bf16_dot, are scored by the
+// forward in pairs and by the backward as f32 products.)
+// All five products use the one outer-product micro-kernel of outer_product-inl.hpp:
 //   Sᵀ = K Qᵀ,  dPᵀ = V dOᵀ,  dV += Pᵀ dO,  dK += dSᵀ Q,  dQ += dS K.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/flash_backward_simd.cpp"
@@ -86,7 +91,7 @@ struct BackwardTiles {
 BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   BackwardTiles w;
   w.k = take(kTileK * t.d_vec);
-  w.k_dq = take(fuse_dq(p) && (p.mask.data || p.bias.data) ? kTileK * t.d_vec : 0);
+  w.k_dq = take(fuse_dq(p) && p.keys_maskable ? kTileK * t.d_vec : 0);
   w.v = take(kTileK * p.Dv);
   w.s_t = take(kTileK * t.rows_pad);
   w.raw_t = take(kTileK * t.rows_pad);
@@ -159,12 +164,13 @@ struct KeyTile {
 };
 
 // For keys [j0, j0 + nk) and a packed query block: Sᵀ <- Pᵀ (∘ Z) and dpᵀ <- dS'ᵀ, the
-// gradient w.r.t. scale·QKᵀ (through the softcap when set).
+// gradient w.r.t. scale·QKᵀ (through the softcap when set), or with through_softcap false
+// dSᵀ, the gradient w.r.t. the modified score (d(bias): the bias is added after the softcap).
 void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv,
                        int64_t i0, int64_t n, int64_t j0, int64_t nk, const KeyTile& kv, const QuerySide& qs,
-                       const BackwardTiles& w) {
+                       const BackwardTiles& w, bool through_softcap = true) {
   const int64_t N = row_vector();
-  const bool softcap = p.softcap > 0.0f;
+  const bool softcap = p.softcap > 0.0f && through_softcap;
   // forward: Sᵀ = K Qᵀ, then the modifiers; P = exp(S - lse)
   if (p.decode)
     with_float_type(p.k.dtype, [&](auto k_type) {
@@ -194,14 +200,8 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
     for (int64_t r = p.group * n; r < t.rows_pad; ++r)
       for (int64_t c = 0; c < kTileK; ++c) w.dp_t[c * t.rows_pad + r] = 0.0f;
   }
-  if (softcap) {
-    // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
-    const float inv = 1.0f / p.softcap;
-    for (int64_t e = 0; e < kTileK * t.rows_pad; ++e) {
-      const float th = std::tanh(w.raw_t[e] * inv);
-      w.dp_t[e] *= 1.0f - th * th;
-    }
-  }
+  // forward: s = c·tanh(raw / c), so d raw = ds · (1 - tanh²(raw / c))
+  if (softcap) softcap_backward_tile(p, t, w.raw_t, w.dp_t);
 }
 
 // dK, dV of a key block over the query blocks that see it; with_dq also adds each query
@@ -233,7 +233,7 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
       if (with_dq) {
         const int64_t nk_q = std::min(nk, key_range(p, s, i0 + n - 1).hi - j0);
         const float* k = w.k;
-        if (p.mask.data || p.bias.data) {  // as dq_item: 0 · garbage K
+        if (p.keys_maskable) {  // as dq_item: 0 · garbage K
           std::copy_n(w.k, kTileK * t.d_vec, w.k_dq);
           zero_unattended_rows(w.dp_t, nk_q, t, w.k_dq, t.d_vec);
           k = w.k_dq;
@@ -251,6 +251,17 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
   }
 }
 
+// The K and V rows of keys [j0, j0 + nk) as dq_item reads them: full f32 tiles where they
+// lie (K only where the planner says dq_keys_in_place), others packed into w.
+KeyTile key_tile(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv, int64_t j0,
+                 int64_t nk, const BackwardTiles& w) {
+  const bool v_in_place = p.kv_tiles_in_place && nk == kTileK, k_in_place = v_in_place && p.dq_keys_in_place;
+  if (!k_in_place) pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
+  if (!v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
+  return {k_in_place ? kv_row<float>(p.k, s, hkv, j0) : w.k, k_in_place ? p.k.stride_l : t.d_vec,
+          v_in_place ? kv_row<float>(p.v, s, hkv, j0) : w.v, v_in_place ? p.v.stride_l : p.Dv};
+}
+
 // dQ rows of a group item from its accumulator (rows_pad x d_vec, scale still to apply).
 void store_dq(const AttentionParams& p, const BackwardParams& g, const TileShape& t, const SequenceSpan& s,
               int64_t hkv, int64_t i0, int64_t n, const float* dq) {
@@ -265,23 +276,62 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
   const QuerySide qs = query_side(p, t, shared, index);
   std::fill_n(w.dq, t.rows_pad * t.d_vec, 0.0f);
-  const bool f32 = p.k.dtype == DType::kF32, maskable = p.mask.data || p.bias.data;
   const int64_t j_begin = first_tile(p, s, i0), j_end = key_range(p, s, i0 + n - 1).hi;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, j_end - j0);
-    // Full f32 tiles are read where they lie (K only when its rows are whole vectors and
-    // no key can be masked for every row: see zero_unattended_rows); others are packed.
-    const bool v_in_place = f32 && nk == kTileK, k_in_place = v_in_place && p.D == t.d_vec && !maskable;
-    if (!k_in_place) pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
-    if (!v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
-    const KeyTile kv{k_in_place ? kv_row<float>(p.k, s, hkv, j0) : w.k, k_in_place ? p.k.stride_l : t.d_vec,
-                     v_in_place ? kv_row<float>(p.v, s, hkv, j0) : w.v, v_in_place ? p.v.stride_l : p.Dv};
+    const KeyTile kv = key_tile(p, s, t, hkv, j0, nk, w);
     probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, kv, qs, w);
-    if (maskable) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
+    if (p.keys_maskable) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
     // dQ += dS K   (scale applied once at the end)
     outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
   }
   store_dq(p, g, t, s, hkv, i0, n, w.dq);
+}
+
+// d(bias) = dS reduced (summed) over the dims along which the bias was broadcast. An item
+// owns one block of the dbias tensor (BackwardParams::bias_items, SIMD layout: target
+// batch, target kv head with its group's heads, rows of one group item) and sums its
+// sources in one fixed order: batch, kv head, query block, key tile, row (head-major), key.
+// No atomics, so the bits depend on no thread count. dS comes from probs_and_dscores on
+// the forward's own scores (as dq_item), taken before the softcap's chain rule.
+// Not combined with varlen (validate.cpp), so sequence b is batch b.
+void dbias_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared,
+                const WorkItem& item, const BackwardTiles& w) {
+  const int64_t b_lo = g.dbias_reduce_b ? 0 : item.seq, b_hi = g.dbias_reduce_b ? int64_t(p.seqs.size()) : item.seq + 1;
+  const int64_t hkv_lo = g.dbias_reduce_h ? 0 : item.head, hkv_hi = g.dbias_reduce_h ? p.Hkv : item.head + 1;
+  const int64_t h_first = g.dbias_reduce_h ? 0 : item.head * p.group, heads_out = g.dbias_reduce_h ? 1 : p.group;
+  const int64_t i_first = g.dbias_reduce_i ? 0 : item.begin, rows_out = g.dbias_reduce_i ? 1 : item.end - item.begin;
+  const int64_t cols_out = g.dbias_reduce_j ? 1 : p.Lk;
+  float* const block = g.dbias + item.seq * g.dbias_stride_b;  // item.seq is 0 when b is reduced
+  const auto target = [&](int64_t h, int64_t i, int64_t j) -> float& {
+    return block[h * g.dbias_stride_h + i * g.dbias_stride_i + j * g.dbias_stride_j];
+  };
+  // Keys no row of a block sees get no term: zero the whole block, then accumulate in place.
+  for (int64_t h = h_first; h < h_first + heads_out; ++h)
+    for (int64_t i = i_first; i < i_first + rows_out; ++i)
+      for (int64_t j = 0; j < cols_out; ++j) target(h, i, j) = 0.0f;
+  for (int64_t b = b_lo; b < b_hi; ++b) {
+    const SequenceSpan& s = p.seqs[size_t(b)];
+    const int64_t nblocks = (s.q_len + p.group_rows - 1) / p.group_rows;
+    const int64_t blk_lo = g.dbias_reduce_i ? 0 : item.begin / p.group_rows;
+    const int64_t blk_hi = g.dbias_reduce_i ? nblocks : blk_lo + 1;
+    for (int64_t hkv = hkv_lo; hkv < hkv_hi; ++hkv)
+      for (int64_t blk = blk_lo; blk < blk_hi; ++blk) {
+        const int64_t i0 = blk * p.group_rows, n = std::min(p.group_rows, s.q_len - i0);
+        const QuerySide qs = query_side(p, t, shared, p.group_item_first[size_t(b)] + hkv * nblocks + blk);
+        const int64_t j_begin = first_tile(p, s, i0), j_end = key_range(p, s, i0 + n - 1).hi;
+        for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
+          const int64_t nk = std::min(kTileK, j_end - j0);
+          probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, key_tile(p, s, t, hkv, j0, nk, w), qs, w,
+                            /*through_softcap=*/false);
+          for (int64_t r = 0; r < p.group * n; ++r) {
+            const int64_t h = g.dbias_reduce_h ? 0 : hkv * p.group + r / n, i = g.dbias_reduce_i ? 0 : i0 + r % n;
+            add_dbias_column(w.dp_t + r, t.rows_pad, nk, &target(h, i, g.dbias_reduce_j ? 0 : j0), g.dbias_stride_j,
+                             g.dbias_reduce_j);
+          }
+        }
+      }
+  }
 }
 
 // Passes 1 and 2 fused for (sequence, kv head) u: its key blocks in order (dk_dv_item with
@@ -317,6 +367,7 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
   const TileShape t = tile_shape(p);
   float* shared = scratch + int64_t(p.num_threads) * scratch_per_thread;
   const int64_t nq = int64_t(p.group_items.size()), nkv = int64_t(g.kv_items.size());
+  const int64_t nbias = int64_t(g.bias_items.size());
 #pragma omp parallel num_threads(p.num_threads)
   {
     ScratchCarver thread_scratch{scratch + omp_get_thread_num() * scratch_per_thread};
@@ -334,6 +385,9 @@ void FlashBackwardSimd(const AttentionParams& p, const BackwardParams& g, float*
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < nq; ++it) dq_item(p, g, t, shared, it, w);
     }
+    // (implicit barrier) d(bias): reads only the packed query sides and the inputs.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < nbias; ++it) dbias_item(p, g, t, shared, g.bias_items[size_t(it)], w);
   }
   // dsink_h = -Σ_{b,i} exp(sink_h - lse_i) · D_i, in a fixed order.
   if (g.dsinks) {

@@ -4,6 +4,7 @@
 // S = scores, m/l running max and sum, acc += P·V; no Lq x Lk buffer.
 #include <omp.h>
 
+#include "kernels/cpu/score_modifiers.hpp"
 #include "kernels/cpu/tile_ops.hpp"
 #include "kernels/kernels.hpp"
 

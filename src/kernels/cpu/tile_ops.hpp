@@ -1,6 +1,6 @@
-// Tile primitives shared by the forward and backward kernels. The forward and
-// the backward's recomputation call the same score_tile, so P is recomputed
-// bit for bit.
+// Tile primitives shared by the forward and backward kernels: conversions, key and query
+// ranges, tile loads, dropout factors, the end of a row's softmax and per-head statistics.
+// The score modifiers are score_modifiers.hpp.
 #pragma once
 
 #include <algorithm>
@@ -8,15 +8,12 @@
 #include <cstdint>
 #include <limits>
 
-#include "attention/params.hpp"
+#include "kernels/params.hpp"
 #include "core/dropout.hpp"
 
 namespace multihead::detail {
 
 inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// Keys per tile of the SIMD kernels (a multiple of every target's 2 vectors).
-inline constexpr int64_t kTileK = 64;
 
 inline constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -72,7 +69,7 @@ inline void store_row(void* base, DType dtype, int64_t offset, int64_t n, const 
 struct KeyRange {
   int64_t lo, hi;
 };
-inline KeyRange key_range(const AttentionParams& p, const SequenceSpan& s, int64_t i) {
+inline KeyRange key_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t i) {
   const int64_t diag = i + s.kv_offset;
   int64_t lo = 0, hi = s.k_len;
   // Clamped to [0, k_len]: a window may lie wholly past the last key.
@@ -82,7 +79,7 @@ inline KeyRange key_range(const AttentionParams& p, const SequenceSpan& s, int64
 }
 
 // Query rows [begin, end) that see at least one key of [j0, j1) (rows are monotone).
-inline KeyRange query_range(const AttentionParams& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
+inline KeyRange query_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
   int64_t begin = 0, end = s.q_len;
   // Clamped to [0, q_len]: the keys may lie past every row's window.
   if (p.window_right >= 0) begin = std::min(std::max(begin, j0 - s.kv_offset - p.window_right), s.q_len);
@@ -115,54 +112,6 @@ inline void load_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, i
   for (int64_t c = 0; c < nk; ++c)
     load_row(a.data, a.dtype, s.batch * a.stride_b + (s.k_begin + j0 + c) * a.stride_l + hkv * a.stride_h,
              dim, out + c * dim);
-}
-
-// S = scale · Q Kᵀ for a (n x nk) tile, then softcap, bias, ALiBi, and -inf where a key
-// is not allowed. raw (optional, n x nk) receives scale · Q Kᵀ before the softcap, for
-// the backward's chain rule. q_tile (n x D), k_t (D x nk).
-inline void score_tile(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i0, int64_t n,
-                       int64_t j0, int64_t nk, const float* q_tile, const float* k_t, float* S, float* raw) {
-  for (int64_t r = 0; r < n; ++r) {
-    float* srow = S + r * nk;
-    std::fill_n(srow, nk, 0.0f);
-    const float* qrow = q_tile + r * p.D;
-    // S[r, :] += q[r, d] · Kᵀ[d, :]   (vectorizes over keys; fixed order over d)
-    for (int64_t d = 0; d < p.D; ++d) {
-      const float qd = qrow[d];
-      const float* kd = k_t + d * nk;
-      for (int64_t c = 0; c < nk; ++c) srow[c] += qd * kd[c];
-    }
-    for (int64_t c = 0; c < nk; ++c) srow[c] *= p.scale;
-    if (raw) std::copy_n(srow, nk, raw + r * nk);
-    if (p.softcap > 0.0f) {
-      const float inv = 1.0f / p.softcap;
-      for (int64_t c = 0; c < nk; ++c) srow[c] = p.softcap * std::tanh(srow[c] * inv);
-    }
-    const int64_t i = i0 + r;
-    const KeyRange range = key_range(p, s, i);
-    if (p.bias.data) {
-      const int64_t base = s.batch * p.bias.stride_b + h * p.bias.stride_h + i * p.bias.stride_i;
-      for (int64_t c = 0; c < nk; ++c) {
-        const float b = load_float(p.bias.data, p.bias.dtype, base + (j0 + c) * p.bias.stride_j);
-        srow[c] = b <= p.bias_masked_at ? kNegInf : srow[c] + b;
-      }
-    }
-    if (p.alibi_slopes) {
-      const float slope = p.alibi_slopes[h * p.alibi_stride];
-      const int64_t diag = i + s.kv_offset;
-      for (int64_t c = 0; c < nk; ++c) srow[c] -= slope * float(std::llabs(j0 + c - diag));
-    }
-    if (p.mask.data) {
-      const bool* m = static_cast<const bool*>(p.mask.data) + s.batch * p.mask.stride_b +
-                      h * p.mask.stride_h + i * p.mask.stride_i;
-      for (int64_t c = 0; c < nk; ++c)
-        if (!m[(j0 + c) * p.mask.stride_j]) srow[c] = kNegInf;
-    }
-    for (int64_t c = 0; c < nk; ++c) {
-      const int64_t j = j0 + c;
-      if (j < range.lo || j >= range.hi) srow[c] = kNegInf;
-    }
-  }
 }
 
 // Dropout factors of row i (sequence-local) for keys [j0, j0 + nk): out[c] in {0, 1/(1-p)}.
