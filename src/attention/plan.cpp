@@ -1,8 +1,8 @@
 #include "attention/plan.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "kernels/kernels.hpp"
