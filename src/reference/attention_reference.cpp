@@ -13,6 +13,7 @@
 #include <string>
 
 #include "core/dropout.hpp"
+#include "core/dtype_limits.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead::reference {
@@ -30,12 +31,6 @@ double read_float(const TensorView& t, int64_t offset) {
   return f16_to_float(static_cast<const f16*>(t.data)[offset]);
 }
 
-// Biases at or below this value count as masked (so -inf and -FLT_MAX both mask).
-double lowest_finite(DType dtype) {
-  if (dtype == DType::kBF16) return bf16_to_float(bf16{0xff7f});
-  if (dtype == DType::kF16) return -65504.0;
-  return -double(FLT_MAX);
-}
 
 // Where a low-precision kernel stores a value in the 16-bit dtype, the baseline rounds
 // it the same way. kF32 means no rounding beyond Acc itself (always so for the oracle).
@@ -155,7 +150,7 @@ class Problem {
     if (options.mask) mask_ = Broadcast(*options.mask, {B, H, Lq, Lk}, "mask");
     if (options.bias) {
       bias_ = Broadcast(*options.bias, {B, H, Lq, Lk}, "bias");
-      bias_masked_at_ = lowest_finite(options.bias->dtype);
+      bias_masked_at_ = detail::lowest_finite(options.bias->dtype);  // at or below: masked
     }
     if (options.alibi_slopes) slopes_ = per_head(*options.alibi_slopes, "alibi_slopes");
     if (options.sinks) sinks_ = per_head(*options.sinks, "sinks");
