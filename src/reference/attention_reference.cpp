@@ -43,7 +43,8 @@ Acc round_to_dtype(Acc x, DType dtype) {
 
 // The float baseline sums in plain sequential order, as a naive implementation does;
 // a SIMD reduction (several partial sums) would make the baseline more accurate than
-// "the same math in the test dtype" and the pass rule stricter than DESIGN.md says.
+// "the same math in the test dtype" and the pass rule stricter than it is meant to be
+// (docs/ARCHITECTURE.md).
 // The double oracle may reorder freely: its rounding is far below what is judged.
 template <class Acc>
 Acc dot(const Acc* a, const Acc* b, int64_t n) {
