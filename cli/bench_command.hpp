@@ -1,4 +1,4 @@
-// `multihead bench`: times the attention cases of issue 5 against this machine's peaks,
+// `multihead bench`: times the speed cases against this machine's peaks,
 // the naive path and PyTorch, prints a table and optionally writes JSON.
 #pragma once
 

@@ -14,7 +14,7 @@
 
 #include "bench_command.hpp"
 #include "demo_command.hpp"
-#include "io/inspect.hpp"
+#include "cli/inspect.hpp"
 #include "multihead/multihead.hpp"
 #include "reference/cases.hpp"
 

@@ -1,5 +1,5 @@
 // The `multihead._multihead` extension: numpy arrays in, fresh float32 numpy arrays
-// out. A thin front end (DESIGN.md layers): it converts arrays into tensor views and
+// out. A thin front end (docs/ARCHITECTURE.md layers): it converts arrays into tensor views and
 // calls the functional API; every contract check is the library's.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

@@ -1,5 +1,5 @@
 // `multihead.MultiHeadAttention`: the C++ module behind a PyTorch-like Python class.
-// A thin front end (DESIGN.md layers): numpy arrays become tensor views, keyword
+// A thin front end (docs/ARCHITECTURE.md layers): numpy arrays become tensor views, keyword
 // options become MhaForwardOptions, results come back as fresh float32 arrays; every
 // check is the library's. Errors are translated by the handler bindings.cpp registers.
 #include <pybind11/numpy.h>

@@ -4,6 +4,7 @@
 // The reader treats every file as hostile: see docs/SAFETENSORS.md for the rules.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -37,5 +38,22 @@ void write_safetensors(const std::string& path, const std::map<std::string, Tens
                        const std::map<std::string, std::string>& metadata = {});
 std::vector<uint8_t> serialize_safetensors(const std::map<std::string, TensorView>& tensors,
                                            const std::map<std::string, std::string>& metadata = {});
+
+// The header half of the reader, for callers that need the tensor list without the
+// tensor bytes (`multihead inspect`): every rule of docs/SAFETENSORS.md, the file's size
+// standing in for the data section (it must end exactly where the last tensor does).
+// Errors as read_safetensors.
+struct SafetensorsHeader {
+  std::map<std::string, std::string> metadata;
+  std::vector<TensorInfo> infos;  // in header order
+};
+SafetensorsHeader read_safetensors_header(const std::string& path);
+
+// The safetensors dtype string ("F32", "BF16", "F16") of a dtype this format stores.
+const char* safetensors_dtype_name(DType dtype);
+
+// Text from a file (a name, a metadata value), safe to print: control bytes escaped as
+// \xNN, cut after max bytes (at a UTF-8 boundary) with the full length noted.
+std::string printable(const std::string& s, size_t max = 4096);
 
 }  // namespace multihead

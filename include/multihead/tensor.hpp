@@ -1,5 +1,5 @@
 // Tensor views (non-owning: pointer, shape, strides in elements) and an owning,
-// 64-byte-aligned Tensor. Attention tensors are rank 4 in DESIGN.md letters:
+// 64-byte-aligned Tensor. Attention tensors are rank 4 in docs/CONTRACT.md letters:
 // q (B, Lq, H, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv).
 #pragma once
 

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "core/random.hpp"
+
 namespace multihead::detail {
 
 // The factor that multiplies P_ij: 0 when dropped, 1 / (1 - p) when kept.
@@ -12,10 +14,7 @@ namespace multihead::detail {
 inline float dropout_factor(uint64_t seed, float p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t H,
                             int64_t Lq, int64_t Lk) {
   const uint64_t index = uint64_t(((b * H + h) * Lq + i) * Lk + j);
-  uint64_t x = seed + 0x9E3779B97F4A7C15ull * (index + 1);  // splitmix64
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  x ^= x >> 31;
+  const uint64_t x = splitmix64(seed + kGoldenGamma * index);
   const float u = float(x >> 40) * (1.0f / 16777216.0f);  // 24 bits: uniform in [0, 1)
   return u < p ? 0.0f : 1.0f / (1.0f - p);
 }

@@ -20,7 +20,6 @@
 #include <optional>
 #include <set>
 
-#include "io/safetensors_header.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead {

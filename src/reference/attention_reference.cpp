@@ -13,6 +13,7 @@
 #include <string>
 
 #include "core/dropout.hpp"
+#include "core/dtype_limits.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead::reference {
@@ -30,12 +31,6 @@ double read_float(const TensorView& t, int64_t offset) {
   return f16_to_float(static_cast<const f16*>(t.data)[offset]);
 }
 
-// Biases at or below this value count as masked (so -inf and -FLT_MAX both mask).
-double lowest_finite(DType dtype) {
-  if (dtype == DType::kBF16) return bf16_to_float(bf16{0xff7f});
-  if (dtype == DType::kF16) return -65504.0;
-  return -double(FLT_MAX);
-}
 
 // Where a low-precision kernel stores a value in the 16-bit dtype, the baseline rounds
 // it the same way. kF32 means no rounding beyond Acc itself (always so for the oracle).
@@ -48,7 +43,8 @@ Acc round_to_dtype(Acc x, DType dtype) {
 
 // The float baseline sums in plain sequential order, as a naive implementation does;
 // a SIMD reduction (several partial sums) would make the baseline more accurate than
-// "the same math in the test dtype" and the pass rule stricter than DESIGN.md says.
+// "the same math in the test dtype" and the pass rule stricter than it is meant to be
+// (docs/ARCHITECTURE.md).
 // The double oracle may reorder freely: its rounding is far below what is judged.
 template <class Acc>
 Acc dot(const Acc* a, const Acc* b, int64_t n) {
@@ -155,7 +151,7 @@ class Problem {
     if (options.mask) mask_ = Broadcast(*options.mask, {B, H, Lq, Lk}, "mask");
     if (options.bias) {
       bias_ = Broadcast(*options.bias, {B, H, Lq, Lk}, "bias");
-      bias_masked_at_ = lowest_finite(options.bias->dtype);
+      bias_masked_at_ = detail::lowest_finite(options.bias->dtype);  // at or below: masked
     }
     if (options.alibi_slopes) slopes_ = per_head(*options.alibi_slopes, "alibi_slopes");
     if (options.sinks) sinks_ = per_head(*options.sinks, "sinks");

@@ -8,6 +8,7 @@
 #include <numbers>
 #include <sstream>
 
+#include "core/random.hpp"
 #include "multihead/error.hpp"
 #include "reference/attention_reference.hpp"
 
@@ -188,7 +189,7 @@ std::string Case::name() const {
 namespace {
 
 // Portable draws (the same numbers with any standard library, so seeds replay anywhere).
-double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
+double uniform01(std::mt19937_64& rng) { return detail::uniform01(rng()); }
 int64_t uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {  // inclusive
   return lo + int64_t(rng() % uint64_t(hi - lo + 1));
 }
@@ -197,10 +198,10 @@ template <class T>
 T pick(std::mt19937_64& rng, std::initializer_list<T> values) {
   return values.begin()[uniform(rng, 0, int64_t(values.size()) - 1)];
 }
-double normal(std::mt19937_64& rng) {  // Box-Muller
+double normal(std::mt19937_64& rng) {
   const double u1 = 1.0 - uniform01(rng);  // (0, 1]
   const double u2 = uniform01(rng);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+  return detail::box_muller(u1, u2).first;
 }
 
 void store(const TensorView& t, int64_t offset, float x) {
@@ -229,22 +230,16 @@ void for_each_index(const TensorView& t, F&& f) {
 // N(0, 1) data, two values per Box-Muller step from a splitmix64 stream seeded by rng:
 // input generation must stay cheap next to the oracle.
 void fill_normal(const TensorView& t, std::mt19937_64& rng) {
-  uint64_t state = rng();
-  const auto next01 = [&state] {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return double((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-  };
+  detail::SplitMix64 stream(rng());
   double spare = 0;
   bool have_spare = false;
   for_each_index(t, [&](const Shape& i) {
     double x = spare;
     if (!have_spare) {
-      const double radius = std::sqrt(-2.0 * std::log(1.0 - next01()));
-      const double angle = 2.0 * std::numbers::pi * next01();
-      x = radius * std::cos(angle);
-      spare = radius * std::sin(angle);
+      const double u1 = 1.0 - detail::uniform01(stream.next());
+      const detail::NormalPair pair = detail::box_muller(u1, detail::uniform01(stream.next()));
+      x = pair.first;
+      spare = pair.second;
     }
     have_spare = !have_spare;
     store(t, t.offset(i), float(x));
@@ -613,151 +608,7 @@ Case case_from_seed(CaseKind kind, uint64_t seed) {
 }
 
 uint64_t derive_seed(uint64_t run_seed, uint64_t index) {
-  uint64_t z = run_seed + 0x9e3779b97f4a7c15ull * (index + 1);  // splitmix64
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// ---------------------------------------------------------------- running
-
-bool CaseResult::pass() const {
-  if (!problems.empty()) return false;
-  return std::all_of(comparisons.begin(), comparisons.end(), [](const Comparison& c) { return c.pass(); });
-}
-
-namespace {
-double ratio(const Comparison& c) {
-  if (c.nan_or_inf_mismatch || std::isnan(c.max_error)) return std::numeric_limits<double>::infinity();
-  if (c.allowed > 0) return c.max_error / c.allowed;
-  return c.max_error > 0 ? std::numeric_limits<double>::infinity() : 0.0;
-}
-}  // namespace
-
-const Comparison* CaseResult::worst() const {
-  const Comparison* w = nullptr;
-  for (const Comparison& c : comparisons)
-    if (!w || ratio(c) > ratio(*w)) w = &c;
-  return w;
-}
-
-double CaseResult::worst_ratio() const {
-  if (!problems.empty()) return std::numeric_limits<double>::infinity();
-  const Comparison* w = worst();
-  return w ? ratio(*w) : 0.0;
-}
-
-std::string CaseResult::report() const {
-  std::string s;
-  for (const Comparison& c : comparisons) s += (c.pass() ? "  ok   " : "  FAIL ") + c.to_string() + "\n";
-  for (const std::string& p : problems) s += "  FAIL " + p + "\n";
-  return s;
-}
-
-CaseResult run_case(const Case& c, bool backward) {
-  constexpr uint8_t kCanary = 0x7b;  // 0x7b7b7b7b is a huge finite float: unwritten outputs fail compare
-  CaseResult r;
-  const char* stage = "materialize";
-  try {
-    const CaseInputs in = materialize(c);
-    const AttentionOptions& o = in.options;
-    const TensorView &q = in.q.view, &k = in.k.view, &v = in.v.view;
-
-    StridedTensor out = make_strided(DType::kF32, c.B, c.Lq, c.H, c.Dv, c.layout, kCanary);
-    Tensor lse = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq});  // (B, H, Lq)
-    std::memset(lse.data(), kCanary, lse.nbytes());
-    Tensor probs;  // (B, H, Lq, Lk)
-    ForwardOutputs fo{out.view, lse.view(), std::nullopt};
-    if (c.probs && !c.varlen()) {
-      probs = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq, c.Lk});
-      std::memset(probs.data(), kCanary, probs.nbytes());
-      fo.probs = probs.view();
-    }
-    stage = "multihead::attention_forward";
-    multihead::attention_forward(q, k, v, fo, o);
-    if (!gaps_unchanged(out, kCanary)) r.problems.push_back("attention_forward wrote outside out's view");
-
-    stage = "reference::attention_forward";
-    const ForwardResult oracle = reference::attention_forward(q, k, v, o);
-    stage = "reference::baseline_forward";
-    const ForwardResult base = baseline_forward(q, k, v, o, c.dtype);
-    stage = "compare";
-    r.comparisons.push_back(compare("out", out.view, oracle.out, base.out, c.dtype, Pass::kForward));
-    r.comparisons.push_back(compare("lse", lse.view(), oracle.lse, base.lse, c.dtype, Pass::kForward));
-    if (fo.probs)
-      r.comparisons.push_back(compare("probs", probs.view(), oracle.probs, base.probs, c.dtype, Pass::kForward));
-    if (!backward) return r;
-
-    StridedTensor dq = make_strided(DType::kF32, c.B, c.Lq, c.H, c.D, c.layout, kCanary);
-    StridedTensor dk = make_strided(DType::kF32, c.B, c.Lk, c.Hkv, c.D, c.layout, kCanary);
-    StridedTensor dv = make_strided(DType::kF32, c.B, c.Lk, c.Hkv, c.Dv, c.layout, kCanary);
-    BackwardOutputs grads{dq.view, dk.view, dv.view, std::nullopt, std::nullopt};
-    Tensor dbias, dsinks;
-    if (o.bias) {
-      dbias = Tensor::empty(DType::kF32, o.bias->rank, o.bias->shape);  // shape of bias
-      std::memset(dbias.data(), kCanary, dbias.nbytes());
-      grads.dbias = dbias.view();
-    }
-    if (o.sinks) {
-      dsinks = Tensor::empty(DType::kF32, {c.H});  // (H)
-      std::memset(dsinks.data(), kCanary, dsinks.nbytes());
-      grads.dsinks = dsinks.view();
-    }
-    stage = "multihead::attention_backward";
-    multihead::attention_backward(in.dout.view(), q, k, v, out.view, lse.view(), grads, o);
-    if (!gaps_unchanged(dq, kCanary) || !gaps_unchanged(dk, kCanary) || !gaps_unchanged(dv, kCanary))
-      r.problems.push_back("attention_backward wrote outside a gradient's view");
-
-    stage = "reference::attention_backward";
-    const BackwardResult oracle_b = reference::attention_backward(in.dout.view(), q, k, v, o);
-    stage = "reference::baseline_backward";
-    const BackwardResult base_b = baseline_backward(in.dout.view(), q, k, v, o, c.dtype);
-    stage = "compare";
-    r.comparisons.push_back(compare("dq", dq.view, oracle_b.dq, base_b.dq, c.dtype, Pass::kBackward));
-    r.comparisons.push_back(compare("dk", dk.view, oracle_b.dk, base_b.dk, c.dtype, Pass::kBackward));
-    r.comparisons.push_back(compare("dv", dv.view, oracle_b.dv, base_b.dv, c.dtype, Pass::kBackward));
-    if (grads.dbias)
-      r.comparisons.push_back(compare("dbias", dbias.view(), oracle_b.dbias, base_b.dbias, c.dtype, Pass::kBackward));
-    if (grads.dsinks)
-      r.comparisons.push_back(
-          compare("dsinks", dsinks.view(), oracle_b.dsinks, base_b.dsinks, c.dtype, Pass::kBackward));
-  } catch (const std::exception& e) {
-    r.problems.push_back(std::string(stage) + " threw: " + e.what());
-  }
-  return r;
-}
-
-CheckReport run_checks(int64_t n, uint64_t seed, bool backward, const std::vector<CaseKind>& kinds) {
-  CheckReport report;
-  report.seed = seed;
-  report.backward = backward;
-  for (CaseKind kind : kinds) {
-    CheckRow row;
-    row.kind = kind;
-    report.rows.push_back(row);
-  }
-  if (kinds.empty()) return report;
-  for (int64_t i = 0; i < n; ++i) {
-    const size_t slot = size_t(i) % kinds.size();
-    const Case c = case_from_seed(kinds[slot], derive_seed(seed, uint64_t(i)));
-    CaseResult result = run_case(c, backward);
-    CheckRow& row = report.rows[slot];
-    ++row.count;
-    row.flops += c.flops();
-    const double ratio = result.worst_ratio();
-    if (row.count == 1 || ratio > row.worst_ratio) {
-      row.worst_ratio = ratio;
-      const Comparison* w = result.worst();
-      row.worst_what = !result.problems.empty() ? "error" : w ? w->what : "-";
-      row.worst_error = w ? w->max_error : 0.0;
-      row.worst_allowed = w ? w->allowed : 0.0;
-    }
-    if (!result.pass()) {
-      ++row.failed;
-      report.failures.push_back(CheckFailure{c, std::move(result)});
-    }
-  }
-  return report;
+  return detail::splitmix64(run_seed + detail::kGoldenGamma * index);
 }
 
 }  // namespace multihead::reference

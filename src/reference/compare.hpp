@@ -1,4 +1,4 @@
-// The pass rule of DESIGN.md, in one place for tests and `multihead check`:
+// The pass rule of docs/ARCHITECTURE.md, in one place for tests and `multihead check`:
 //   max|ours - oracle| <= k * max|baseline - oracle| + floor,  and  <= ceiling
 // with k = 2 for forward quantities and 3 for backward ones; floor and ceiling
 // scale with the oracle's magnitude and depend on the dtype.

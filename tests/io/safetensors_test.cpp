@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "io/inspect.hpp"
+#include "cli/inspect.hpp"
 #include "multihead/multihead.hpp"
 
 namespace multihead {

@@ -1,5 +1,6 @@
-// Test-side helpers around src/reference/cases.hpp: the sweeps of DESIGN.md as case
-// tables, gtest printing and naming of cases, the run seed, byte-level comparisons.
+// Test-side helpers around the check library's cases (src/reference/cases.hpp; the sweeps
+// live in its case_tables.hpp): gtest printing and naming of cases, the run seed,
+// byte-level comparisons, forward and backward into fresh outputs.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "multihead/multihead.hpp"
+#include "reference/case_tables.hpp"
 #include "reference/cases.hpp"
 
 namespace multihead::reference {
@@ -22,12 +24,11 @@ namespace multihead::test {
 
 using reference::Case;
 
-// The sweeps of DESIGN.md's correctness method, sized for the whole suite to run in
-// well under a minute in Release (and a few minutes under ASan).
-std::vector<Case> head_dim_sweep();  // d in {1, 8, 59, 64, 80, 111, 128, 256, 512}, MHA/GQA/MQA
-std::vector<Case> length_sweep();    // Lq, Lk in {1, 2, 17, 127, 128, 129}^2 plus 1025 both ways
-std::vector<Case> option_sweep();    // every option and mask kind, Lq < Lk, Lq > Lk, f32 and bf16
-std::vector<Case> f16_cases();       // a few fp16-input cases (the contract's third input dtype)
+// The sweeps of the correctness method (reference/case_tables.hpp).
+using reference::f16_cases;
+using reference::head_dim_sweep;
+using reference::length_sweep;
+using reference::option_sweep;
 
 // Name generator for INSTANTIATE_TEST_SUITE_P over cases (names are unique per sweep).
 std::string case_name(const ::testing::TestParamInfo<Case>& info);

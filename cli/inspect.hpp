@@ -1,5 +1,6 @@
 // `multihead inspect`: what a safetensors file holds and whether its tensors form a
 // MultiHeadAttention module. Only the header is read (every format rule still applies).
+// Part of the CLI (library multihead_inspect, also linked by the tests); public API only.
 #pragma once
 
 #include <cstdint>

@@ -1,9 +1,8 @@
-#include "io/inspect.hpp"
+#include "cli/inspect.hpp"
 
 #include <algorithm>
 #include <cstdio>
 
-#include "io/safetensors_header.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead {

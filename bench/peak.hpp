@@ -1,5 +1,5 @@
-// This machine's ceilings, measured in the benchmark's own run (DESIGN.md "Performance
-// method"): fp32 FMA and bf16 dot throughput from register-only loops on every thread,
+// This machine's ceilings, measured in the benchmark's own run (docs/BENCHMARKS.md):
+// fp32 FMA and bf16 dot throughput from register-only loops on every thread,
 // and read bandwidth from a sum over a buffer far larger than the caches.
 #pragma once
 

@@ -1,8 +1,9 @@
-// `multihead bench`: the cases of issue 5 timed on this machine, each figure reported as
-// a ratio measured in the same run (DESIGN.md "Performance method"): against the
-// machine's peaks, the naive path (naive.hpp) and PyTorch (bench/torch_peer.py), and
-// checked against the double-precision oracle on a sample so that a fast wrong kernel
-// cannot look good.
+// `multihead bench`: the speed cases (reference::speed_cases(), the module and a memory
+// case) timed on this machine, each figure reported as a ratio measured in the same run
+// (docs/BENCHMARKS.md): against the machine's peaks, the naive path (naive.hpp) and
+// PyTorch (bench/torch_peer.py), and checked against the double-precision oracle on a
+// sample so that a fast wrong kernel cannot look good. The harness is its own library
+// (multihead_bench_harness), linked by the CLI.
 #pragma once
 
 #include <cstdio>
