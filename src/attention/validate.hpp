@@ -14,6 +14,11 @@ struct ProblemSizes {
   int64_t num_seqs = 0;  // B, or the number of packed sequences
 };
 
+// The shapes and every option, without tensors: the one place for those rules
+// (multihead::validate_attention is its public face; validate_inputs calls it once q, k
+// and v have given their shapes).
+ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOptions& options, bool wants_probs);
+
 // q, k, v and every option (wants_probs: probs will be written).
 ProblemSizes validate_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
                              const AttentionOptions& options, bool wants_probs);
