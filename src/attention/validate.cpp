@@ -210,7 +210,7 @@ ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOpti
   ProblemSizes s;
   s.B = shapes.B, s.Lq = shapes.Lq, s.H = shapes.H, s.D = shapes.D;
   s.Lk = shapes.Lk, s.Hkv = shapes.Hkv, s.Dv = shapes.Dv;
-  // Sizes as q, k and v would carry them (with tensors, check_layout has seen to these).
+  // Sizes as q, k and v would carry them (with tensors, check_layout has seen to this).
   const struct {
     int64_t size;
     const char* tensor;
@@ -220,19 +220,6 @@ ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOpti
                {s.Lk, "k", 1, "Lk"},  {s.Hkv, "k", 2, "Hkv"}, {s.Dv, "v", 3, "Dv"}};
   for (const auto& z : sizes)
     if (z.size < 0) fail(ErrorKind::kInvalidShape, z.tensor, dim_label(z.dim, z.letter), ">= 0", to_string(z.size));
-  const struct {
-    const char* tensor;
-    int64_t dims[4];
-  } views[] = {{"q", {s.B, s.Lq, s.H, s.D}}, {"k", {s.B, s.Lk, s.Hkv, s.D}}, {"v", {s.B, s.Lk, s.Hkv, s.Dv}}};
-  for (const auto& t : views) {
-    int64_t n = 1;
-    bool overflow = false, empty = false;
-    for (int64_t size : t.dims) {
-      overflow |= __builtin_mul_overflow(n, size, &n);
-      empty |= size == 0;
-    }
-    if (overflow && !empty) fail(ErrorKind::kCapacityExceeded, t.tensor, "extent", "< 2^63 elements", "overflow");
-  }
   if (s.D < 1) fail(ErrorKind::kInvalidShape, "q", dim_label(3, "D"), ">= 1", to_string(s.D));
   if (s.Dv < 1) fail(ErrorKind::kInvalidShape, "v", dim_label(3, "Dv"), ">= 1", to_string(s.Dv));
   if (s.Hkv < 1 && s.H > 0) fail(ErrorKind::kInvalidShape, "k", dim_label(2, "Hkv"), ">= 1", to_string(s.Hkv));
@@ -411,8 +398,25 @@ ProblemSizes validate_backward(const TensorView& dout, const TensorView& q, cons
 
 namespace multihead {
 
-void validate_attention(const AttentionShapes& shapes, const AttentionOptions& options, bool return_probs) {
-  detail::validate_problem(shapes, options, return_probs);
+void validate_attention(const AttentionShapes& s, const AttentionOptions& options, bool return_probs) {
+  // What check_layout sees to for tensors: element counts of q, k and v that fit in
+  // int64. (Tensors are not held to it: with stride-0 dims their extent is what counts.)
+  const struct {
+    const char* tensor;
+    int64_t dims[4];
+  } views[] = {{"q", {s.B, s.Lq, s.H, s.D}}, {"k", {s.B, s.Lk, s.Hkv, s.D}}, {"v", {s.B, s.Lk, s.Hkv, s.Dv}}};
+  for (const auto& t : views) {
+    int64_t n = 1;
+    bool overflow = false, empty = false, negative = false;
+    for (int64_t size : t.dims) {
+      overflow |= __builtin_mul_overflow(n, size, &n);
+      empty |= size == 0;
+      negative |= size < 0;
+    }
+    if (overflow && !empty && !negative)
+      throw Error(ErrorKind::kCapacityExceeded, t.tensor, "extent", "< 2^63 elements", "overflow");
+  }
+  detail::validate_problem(s, options, return_probs);
 }
 
 }  // namespace multihead
