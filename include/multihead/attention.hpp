@@ -61,6 +61,28 @@ struct AttentionOptions {
   uint64_t dropout_seed = 0;
 };
 
+// ---- Validation without tensors -------------------------------------------------------
+// The sizes of one attention problem, in the letters above (q (B, Lq, H, D),
+// k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv)). Packed varlen: B = 1, Lq = total_q, Lk = total_k.
+struct AttentionShapes {
+  int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
+};
+
+// Checks a problem's shapes and options against docs/CONTRACT.md by the very rules that
+// attention_forward and attention_backward apply (they run this check on the shapes of
+// q, k and v; every rule lives in one place), so that a caller that builds q, k and v
+// itself (a module with projections, say) can reject bad options before any work.
+// Throws the same multihead::Error those calls would (kind, tensor, dim, expected, got):
+// sizes (>= 0, D and Dv >= 1, Hkv divides H, element counts of q, k and v that fit in
+// int64), scalar options, cu_seqlens, mask, bias, seqlens_k, alibi_slopes and sinks
+// (layout, dtype, broadcast to (B, H, Lq, Lk)). return_probs: probs will be asked for
+// (Unsupported with cu_seqlens). It reads no element of q, k, v (there are none), mask
+// or bias; it does read the small option vectors whose values the contract constrains:
+// seqlens_k (in [0, Lk]), cu_seqlens_q/k (0 first, non-decreasing, ending at Lq / Lk),
+// alibi_slopes and sinks (finite). It writes nothing.
+void validate_attention(const AttentionShapes& shapes, const AttentionOptions& options, bool return_probs = false);
+// ---- end of validation without tensors ------------------------------------------------
+
 struct ForwardOutputs {
   TensorView out;                   // (B, Lq, H, Dv), any float dtype
   std::optional<TensorView> lse{};    // (B, H, Lq) f32; -inf for fully masked rows

@@ -196,14 +196,30 @@ ProblemSizes validate_inputs(const TensorView& q, const TensorView& k, const Ten
   if (k.dtype != q.dtype) fail(ErrorKind::kInvalidArgument, "k", "dtype", std::string(to_string(q.dtype)) + " (q's)", to_string(k.dtype));
   if (v.dtype != q.dtype) fail(ErrorKind::kInvalidArgument, "v", "dtype", std::string(to_string(q.dtype)) + " (q's)", to_string(v.dtype));
 
+  const AttentionShapes shapes{.B = q.shape[0], .Lq = q.shape[1], .Lk = k.shape[1], .H = q.shape[2],
+                               .Hkv = k.shape[2], .D = q.shape[3], .Dv = v.shape[3]};
+  check_dim(nk, 0, shapes.B, " (q's B)");
+  check_dim(nv, 0, shapes.B, " (q's B)");
+  check_dim(nk, 3, shapes.D, " (q's D)");
+  check_dim(nv, 1, shapes.Lk, " (k's Lk)");
+  check_dim(nv, 2, shapes.Hkv, " (k's Hkv)");
+  return validate_problem(shapes, o, wants_probs);
+}
+
+ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOptions& o, bool wants_probs) {
   ProblemSizes s;
-  s.B = q.shape[0], s.Lq = q.shape[1], s.H = q.shape[2], s.D = q.shape[3];
-  s.Lk = k.shape[1], s.Hkv = k.shape[2], s.Dv = v.shape[3];
-  check_dim(nk, 0, s.B, " (q's B)");
-  check_dim(nv, 0, s.B, " (q's B)");
-  check_dim(nk, 3, s.D, " (q's D)");
-  check_dim(nv, 1, s.Lk, " (k's Lk)");
-  check_dim(nv, 2, s.Hkv, " (k's Hkv)");
+  s.B = shapes.B, s.Lq = shapes.Lq, s.H = shapes.H, s.D = shapes.D;
+  s.Lk = shapes.Lk, s.Hkv = shapes.Hkv, s.Dv = shapes.Dv;
+  // Sizes as q, k and v would carry them (with tensors, check_layout has seen to this).
+  const struct {
+    int64_t size;
+    const char* tensor;
+    int dim;
+    const char* letter;
+  } sizes[] = {{s.B, "q", 0, "B"},    {s.Lq, "q", 1, "Lq"},   {s.H, "q", 2, "H"}, {s.D, "q", 3, "D"},
+               {s.Lk, "k", 1, "Lk"},  {s.Hkv, "k", 2, "Hkv"}, {s.Dv, "v", 3, "Dv"}};
+  for (const auto& z : sizes)
+    if (z.size < 0) fail(ErrorKind::kInvalidShape, z.tensor, dim_label(z.dim, z.letter), ">= 0", to_string(z.size));
   if (s.D < 1) fail(ErrorKind::kInvalidShape, "q", dim_label(3, "D"), ">= 1", to_string(s.D));
   if (s.Dv < 1) fail(ErrorKind::kInvalidShape, "v", dim_label(3, "Dv"), ">= 1", to_string(s.Dv));
   if (s.Hkv < 1 && s.H > 0) fail(ErrorKind::kInvalidShape, "k", dim_label(2, "Hkv"), ">= 1", to_string(s.Hkv));
@@ -226,7 +242,7 @@ ProblemSizes validate_inputs(const TensorView& q, const TensorView& k, const Ten
   if (s.varlen) {
     if (!o.cu_seqlens_q || !o.cu_seqlens_k)
       fail(ErrorKind::kInvalidArgument, o.cu_seqlens_q ? "cu_seqlens_k" : "cu_seqlens_q", "", "given together with " + std::string(o.cu_seqlens_q ? "cu_seqlens_q" : "cu_seqlens_k"), "missing");
-    check_dim(nq, 0, 1, " (packed varlen batch)");
+    if (s.B != 1) fail(ErrorKind::kInvalidShape, "q", dim_label(0, "B"), "1 (packed varlen batch)", to_string(s.B));
     const Named cq{*o.cu_seqlens_q, "cu_seqlens_q", {"nseq+1"}}, ck{*o.cu_seqlens_k, "cu_seqlens_k", {"nseq+1"}};
     check_cu_seqlens(cq, s.Lq, "total_q = q dim 1");
     check_cu_seqlens(ck, s.Lk, "total_k = k dim 1");
@@ -379,3 +395,28 @@ ProblemSizes validate_backward(const TensorView& dout, const TensorView& q, cons
 }
 
 }  // namespace multihead::detail
+
+namespace multihead {
+
+void validate_attention(const AttentionShapes& s, const AttentionOptions& options, bool return_probs) {
+  // What check_layout sees to for tensors: element counts of q, k and v that fit in
+  // int64. (Tensors are not held to it: with stride-0 dims their extent is what counts.)
+  const struct {
+    const char* tensor;
+    int64_t dims[4];
+  } views[] = {{"q", {s.B, s.Lq, s.H, s.D}}, {"k", {s.B, s.Lk, s.Hkv, s.D}}, {"v", {s.B, s.Lk, s.Hkv, s.Dv}}};
+  for (const auto& t : views) {
+    int64_t n = 1;
+    bool overflow = false, empty = false, negative = false;
+    for (int64_t size : t.dims) {
+      overflow |= __builtin_mul_overflow(n, size, &n);
+      empty |= size == 0;
+      negative |= size < 0;
+    }
+    if (overflow && !empty && !negative)
+      throw Error(ErrorKind::kCapacityExceeded, t.tensor, "extent", "< 2^63 elements", "overflow");
+  }
+  detail::validate_problem(s, options, return_probs);
+}
+
+}  // namespace multihead

@@ -14,6 +14,12 @@ struct ProblemSizes {
   int64_t num_seqs = 0;  // B, or the number of packed sequences
 };
 
+// The shapes and every option, without tensors: the one place for those rules.
+// validate_inputs calls it once q, k and v have given their shapes;
+// multihead::validate_attention is its public face (plus the element counts of q, k and
+// v fitting int64, which check_layout's extent check stands for with tensors).
+ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOptions& options, bool wants_probs);
+
 // q, k, v and every option (wants_probs: probs will be written).
 ProblemSizes validate_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
                              const AttentionOptions& options, bool wants_probs);
