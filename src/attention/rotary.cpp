@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/view_checks.hpp"
+#include "multihead/attention.hpp"  // get_num_threads
 #include "multihead/error.hpp"
 
 namespace multihead {
@@ -105,7 +106,8 @@ void apply_rotary(const TensorView& x, const TensorView& positions, const Tensor
   for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = std::pow(options.base, -double(2 * i) / double(R));
   const int64_t rows = B * L;
   const bool parallel = x.numel() >= (int64_t(1) << 16);
-#pragma omp parallel if (parallel)
+  const int threads = get_num_threads();
+#pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
 #pragma omp for schedule(static)
