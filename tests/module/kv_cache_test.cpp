@@ -37,7 +37,7 @@ std::vector<float> expected_row(KvCacheDType dtype, const std::vector<float>& x)
       if (maxabs > 0 && scale == 0) scale = std::numeric_limits<float>::denorm_min();
       for (size_t i = 0; i < x.size(); ++i) {
         const double q = scale == 0 ? 0.0 : std::clamp(std::nearbyint(double(x[i]) / scale), -127.0, 127.0);
-        r[i] = scale * float(q);
+        r[i] = scale * float(int8_t(q));  // int8 has no -0: a -0.0 quotient reads back as +0
       }
       break;
     }
@@ -324,7 +324,7 @@ void run_model_case(uint64_t seed, KvCacheDType dtype) {
       expect_rejected(c, m, ErrorKind::kInvalidArgument, [&] { (void)c.gather(id); }, "gather dead id");
     }
     check_against_model(c, m);
-    if (HasFatalFailure() || HasNonfatalFailure()) return;
+    if (::testing::Test::HasFailure()) return;
   }
 }
 
@@ -439,7 +439,8 @@ TEST(KvCache, CopyOnWriteCopyCountsAgainstCapacity) {
 // 1/2). Multiplying by scale: |x - scale·q| <= scale/2, plus at most 2^-46·scale from the
 // double division. gather's f32 value is fl(scale·q) (q has 8 bits: the product is the
 // correctly rounded one). bf16: round to nearest even keeps 8 significant bits, so the
-// relative error is at most 2^-9 (normal numbers).
+// error is at most half an ulp = 2^-8 relative to |x| (normal numbers). Not 2^-9: x =
+// 1 + 2^-8 is a tie that rounds to 1, an error of 2^-8 / (1 + 2^-8) relative.
 TEST(KvCache, QuantizationErrorBounds) {
   std::mt19937_64 rng(11);
   for (KvCacheDType dtype : {KvCacheDType::kI8, KvCacheDType::kBF16}) {
@@ -475,9 +476,11 @@ TEST(KvCache, QuantizationErrorBounds) {
               ASSERT_EQ(scale, double(float(maxabs / 127.0)));
               ASSERT_LE(std::fabs(x - scale * q[d]), scale / 2 * (1 + 0x1p-40)) << "t " << t << " h " << h << " d " << d;
               ASSERT_EQ(got, float(scale) * float(q[d]));
-              if (maxabs == 0) ASSERT_EQ(got, 0.0f);
+              if (maxabs == 0) {
+                ASSERT_EQ(got, 0.0f);
+              }
             } else {
-              ASSERT_LE(std::fabs(x - got), std::fabs(x) * 0x1p-9) << "t " << t << " h " << h << " d " << d;
+              ASSERT_LE(std::fabs(x - got), std::fabs(x) * 0x1p-8) << "t " << t << " h " << h << " d " << d;
             }
           }
         }
