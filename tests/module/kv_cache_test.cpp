@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -237,7 +238,12 @@ void expect_rejected(const KvCache& c, const Model& m, ErrorKind kind, const std
   EXPECT_EQ(cache_hash(c, ids), before) << what << ": a failing call changed the cache";
 }
 
-void run_model_case(uint64_t seed, KvCacheDType dtype) {
+// How often the random walks hit each interesting path (checked to be non-zero).
+struct Coverage {
+  int capacity_rejections = 0, int8_rejections = 0, copies_on_write = 0, shared_appends = 0, truncates = 0;
+};
+
+void run_model_case(uint64_t seed, KvCacheDType dtype, Coverage& cov) {
   SCOPED_TRACE("seed " + std::to_string(seed) + ", dtype " + to_string(dtype));
   std::mt19937_64 rng(seed);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
@@ -278,9 +284,14 @@ void run_model_case(uint64_t seed, KvCacheDType dtype) {
       const bool finite = row_finite(k.values) && row_finite(v.values);
       if (dtype == KvCacheDType::kI8 && !finite) {
         expect_rejected(c, m, ErrorKind::kInvalidArgument, [&] { c.append(id, k.view, v.view); }, "int8 non-finite");
+        ++cov.int8_rejections;
       } else if (m.blocks_needed(s, n) > m.free_blocks()) {
         expect_rejected(c, m, ErrorKind::kCapacityExceeded, [&] { c.append(id, k.view, v.view); }, "over capacity");
+        ++cov.capacity_rejections;
       } else {
+        const int64_t L = m.length(s);
+        if (n > 0 && L % bs != 0 && m.refs.at(s.blocks.back()) > 1) ++cov.copies_on_write;
+        if (n > 0 && !s.blocks.empty() && m.refs.at(s.blocks.front()) > 1) ++cov.shared_appends;
         c.append(id, k.view, v.view);
         m.append(s, k, v, n);
       }
@@ -294,6 +305,7 @@ void run_model_case(uint64_t seed, KvCacheDType dtype) {
       } else {
         c.truncate(id, n);
         m.truncate(s, n);
+        ++cov.truncates;
       }
     } else if (op < 84) {  // fork
       const int64_t id = random_live();
@@ -329,11 +341,24 @@ void run_model_case(uint64_t seed, KvCacheDType dtype) {
 }
 
 TEST(KvCache, RandomOperationsMatchModel) {
-  for (KvCacheDType dtype : kAllDtypes)
+  for (KvCacheDType dtype : kAllDtypes) {
+    Coverage cov;
     for (uint64_t seed = 1; seed <= 40; ++seed) {
-      run_model_case(seed * 7919 + uint64_t(dtype), dtype);
+      run_model_case(seed * 7919 + uint64_t(dtype), dtype, cov);
       if (HasFailure()) return;
     }
+    SCOPED_TRACE(to_string(dtype));
+    EXPECT_GT(cov.capacity_rejections, 20);
+    EXPECT_GT(cov.copies_on_write, 20);
+    EXPECT_GT(cov.shared_appends, 20);
+    EXPECT_GT(cov.truncates, 20);
+    if (dtype == KvCacheDType::kI8) {
+      EXPECT_GT(cov.int8_rejections, 5);
+    }
+    std::printf("%s: %d capacity rejections, %d int8 rejections, %d copies on write, %d appends to forks, %d truncates\n",
+                to_string(dtype), cov.capacity_rejections, cov.int8_rejections, cov.copies_on_write,
+                cov.shared_appends, cov.truncates);
+  }
 }
 
 Input dense(std::mt19937_64& rng, int64_t n, int64_t Hkv, int64_t w) { return make_input(rng, n, Hkv, w, false, false); }
