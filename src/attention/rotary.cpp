@@ -50,7 +50,10 @@ bool same_view(const TensorView& a, const TensorView& b) {
 
 void apply_rotary(const TensorView& x, const TensorView& positions, const TensorView& out,
                   const RotaryOptions& options) {
-  const detail::NamedView nx{x, "x", {"B", "L", "H", "D"}}, nout{out, "out", {"B", "L", "H", "D"}};
+  static constexpr const char* kLetters[] = {"B", "L", "H", "D"};
+  static constexpr const char* kPerBatch[] = {"B", "L"};
+  static constexpr const char* kShared[] = {"L"};
+  const detail::NamedView nx{x, "x", kLetters}, nout{out, "out", kLetters};
   for (const detail::NamedView* t : {&nx, &nout}) {
     detail::check_view_layout(*t);
     detail::check_view_rank(*t, 4);
@@ -61,8 +64,8 @@ void apply_rotary(const TensorView& x, const TensorView& positions, const Tensor
   detail::check_view_no_self_overlap(nout);
 
   const bool per_batch = positions.rank == 2;
-  const detail::NamedView np{positions, "positions", per_batch ? std::vector<const char*>{"B", "L"}
-                                                               : std::vector<const char*>{"L"}};
+  const detail::NamedView np{positions, "positions",
+                             per_batch ? std::span<const char* const>(kPerBatch) : std::span<const char* const>(kShared)};
   detail::check_view_layout(np);
   if (positions.rank != 1 && positions.rank != 2)
     throw Error(ErrorKind::kInvalidShape, "positions", "rank", "1 (L) or 2 (B, L)",

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,11 +16,12 @@
 
 namespace multihead::detail {
 
-// A tensor, its name in messages and the letters of its dims.
+// A tensor, its name in messages and the letters of its dims (static arrays: building
+// and checking a NamedView allocates nothing unless a check fails).
 struct NamedView {
   const TensorView& view;
   const char* name;
-  std::vector<const char*> letters;
+  std::span<const char* const> letters;
 
   std::string dim_label(int d) const {
     return "dim " + std::to_string(d) +
@@ -69,7 +71,7 @@ inline void check_view_rank(const NamedView& t, int rank) {
                 std::to_string(t.view.rank) + " " + t.view.shape_string());
 }
 
-inline void check_view_dim(const NamedView& t, int d, int64_t expected, const std::string& why = "") {
+inline void check_view_dim(const NamedView& t, int d, int64_t expected, const char* why = "") {
   if (t.view.shape[d] != expected)
     throw Error(ErrorKind::kInvalidShape, t.name, t.dim_label(d), std::to_string(expected) + why,
                 std::to_string(t.view.shape[d]));

@@ -253,7 +253,9 @@ int64_t KvCache::new_sequence() { return s_->add_sequence(0, {}); }
 void KvCache::append(int64_t id, const TensorView& k, const TensorView& v) {
   State& s = *s_;
   State::Sequence& seq = s.find(id);
-  const detail::NamedView nk{k, "k", {"n", "Hkv", "D"}}, nv{v, "v", {"n", "Hkv", "Dv"}};
+  static constexpr const char* kKLetters[] = {"n", "Hkv", "D"};
+  static constexpr const char* kVLetters[] = {"n", "Hkv", "Dv"};
+  const detail::NamedView nk{k, "k", kKLetters}, nv{v, "v", kVLetters};
   for (const detail::NamedView* t : {&nk, &nv}) {
     detail::check_view_layout(*t);
     detail::check_view_rank(*t, 3);
