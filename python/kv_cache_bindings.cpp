@@ -28,22 +28,30 @@ std::string type_name(const py::handle& obj) {
   return std::string(py::str(obj.get_type().attr("__name__")));
 }
 
-// A view onto a numpy array whose dtype is one of `allowed` (no conversion).
-Input exact_input(const py::handle& obj, const char* name, std::initializer_list<std::pair<const char*, mh::DType>> allowed,
-                  const char* expected) {
-  if (py::isinstance<py::array>(obj)) {
-    const auto a = py::reinterpret_borrow<py::array>(obj);
-    for (const auto& [numpy_name, dtype] : allowed)
-      if (a.dtype().is(py::dtype(numpy_name))) {
-        check_rank(a, name);
-        return view_of(a, dtype);
-      }
-  }
-  throw mh::Error(mh::ErrorKind::kInvalidArgument, name, "dtype", expected, type_name(obj));
+// A view onto a numpy array of element type T (numpy's equivalence: native byte order);
+// anything else, lists included, is a typed error rather than a silent conversion.
+template <class T>
+bool is_array_of(const py::handle& obj) {
+  return py::isinstance<py::array_t<T>>(obj);
 }
 
 Input f32_input(const py::handle& obj, const char* name) {
-  return exact_input(obj, name, {{"float32", mh::DType::kF32}}, "a float32 numpy array (no implicit conversion)");
+  if (!is_array_of<float>(obj))
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, name, "dtype", "a float32 numpy array (no implicit conversion)",
+                    type_name(obj));
+  const auto a = py::reinterpret_borrow<py::array>(obj);
+  check_rank(a, name);
+  return view_of(a, mh::DType::kF32);
+}
+
+Input positions_input(const py::handle& obj) {
+  const bool i32 = is_array_of<int32_t>(obj), i64 = is_array_of<int64_t>(obj);
+  if (!i32 && !i64)
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, "positions", "dtype", "an int32 or int64 numpy array",
+                    type_name(obj));
+  const auto a = py::reinterpret_borrow<py::array>(obj);
+  check_rank(a, "positions");
+  return view_of(a, i32 ? mh::DType::kI32 : mh::DType::kI64);
 }
 
 py::array_t<float> to_numpy(const mh::Tensor& t) {
@@ -81,8 +89,7 @@ mh::KvCache make_cache(int64_t num_kv_heads, int64_t head_dim, const py::object&
 py::array_t<float> apply_rotary(const py::object& x, const py::object& positions, int64_t rotary_dim, double base,
                                 bool interleaved) {
   const Input x_ = f32_input(x, "x");
-  const Input p_ = exact_input(positions, "positions", {{"int32", mh::DType::kI32}, {"int64", mh::DType::kI64}},
-                               "an int32 or int64 numpy array");
+  const Input p_ = positions_input(positions);
   const mh::TensorView& xv = x_.view;
   std::vector<py::ssize_t> shape(xv.shape.begin(), xv.shape.begin() + xv.rank);
   py::array_t<float> out(shape);

@@ -162,6 +162,7 @@ def test_bad_inputs_are_typed_errors_and_change_nothing():
         (lambda: cache.append(s, k.astype(np.float64), v), "InvalidArgument", "k", "dtype"),
         (lambda: cache.append(s, k, v.astype(np.complex64)), "InvalidArgument", "v", "dtype"),
         (lambda: cache.append(s, k.tolist(), v), "InvalidArgument", "k", "dtype"),
+        (lambda: cache.append(s, k.astype(">f4"), v), "InvalidArgument", "k", "dtype"),
         (lambda: cache.append(s, np.zeros((1, 2, 5), np.float32), v), "InvalidShape", "k", "dim 2 (D)"),
         (lambda: cache.append(s, k, np.zeros((2, 2, 3), np.float32)), "InvalidShape", "v", "dim 0 (n)"),
         (lambda: cache.append(s, np.zeros((2, 4), np.float32), v), "InvalidShape", "k", "rank"),

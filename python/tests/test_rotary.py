@@ -91,3 +91,14 @@ def test_errors():
         with pytest.raises(multihead.Error) as info:
             call()
         assert (info.value.tensor, info.value.dim) == (tensor, dim), str(info.value)
+
+
+def test_strided_input_and_original_untouched():
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal((2, 4, 6, 16), dtype=np.float32)
+    x = big[:, :, ::2, :]  # every other head: a strided view read in place
+    keep = big.copy()
+    got = multihead.apply_rotary(x, np.arange(4, dtype=np.int32) * 40_000, rotary_dim=12)
+    np.testing.assert_array_equal(big, keep)
+    np.testing.assert_array_equal(got, multihead.apply_rotary(np.ascontiguousarray(x), np.arange(4) * 40_000,
+                                                              rotary_dim=12))
