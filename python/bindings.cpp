@@ -18,6 +18,7 @@ namespace py = pybind11;
 namespace mh = multihead;
 
 void init_module_bindings(py::module_& m);  // module_bindings.cpp: MultiHeadAttention
+void init_kv_cache_bindings(py::module_& m);  // kv_cache_bindings.cpp: KVCache, apply_rotary
 
 #include "array_convert.hpp"
 
@@ -344,4 +345,5 @@ PYBIND11_MODULE(_multihead, m) {
         "Results are bitwise identical for any thread count.");
   m.def("get_num_threads", &mh::get_num_threads, "Threads the attention kernels use.");
   init_module_bindings(m);
+  init_kv_cache_bindings(m);
 }

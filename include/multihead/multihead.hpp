@@ -3,6 +3,8 @@
 
 #include "multihead/attention.hpp"
 #include "multihead/error.hpp"
+#include "multihead/kv_cache.hpp"
 #include "multihead/multi_head_attention.hpp"
+#include "multihead/rotary.hpp"
 #include "multihead/safetensors.hpp"
 #include "multihead/tensor.hpp"

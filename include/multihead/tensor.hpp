@@ -13,7 +13,7 @@
 
 namespace multihead {
 
-enum class DType : uint8_t { kF32, kBF16, kF16, kBool, kI32 };
+enum class DType : uint8_t { kF32, kBF16, kF16, kBool, kI32, kI64 };
 
 size_t dtype_size(DType dtype);
 const char* to_string(DType dtype);
@@ -53,6 +53,7 @@ template <> constexpr DType dtype_of<bf16>() { return DType::kBF16; }
 template <> constexpr DType dtype_of<f16>() { return DType::kF16; }
 template <> constexpr DType dtype_of<bool>() { return DType::kBool; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::kI32; }
+template <> constexpr DType dtype_of<int64_t>() { return DType::kI64; }
 
 inline constexpr int kMaxRank = 4;
 using Shape = std::array<int64_t, kMaxRank>;

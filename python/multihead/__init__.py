@@ -20,7 +20,9 @@ parts as attributes (kind, tensor, dim, expected, got).
 
 from ._multihead import (
     Error,
+    KVCache,
     MultiHeadAttention,
+    apply_rotary,
     attention,
     attention_backward,
     attention_varlen,
@@ -31,10 +33,13 @@ from ._multihead import (
 
 Error.__module__ = __name__  # shown as multihead.Error
 MultiHeadAttention.__module__ = __name__
+KVCache.__module__ = __name__
 
 __all__ = [
     "Error",
+    "KVCache",
     "MultiHeadAttention",
+    "apply_rotary",
     "attention",
     "attention_backward",
     "attention_varlen",

@@ -36,6 +36,7 @@ size_t dtype_size(DType dtype) {
     case DType::kF16: return 2;
     case DType::kBool: return 1;
     case DType::kI32: return 4;
+    case DType::kI64: return 8;
   }
   return 0;
 }
@@ -47,6 +48,7 @@ const char* to_string(DType dtype) {
     case DType::kF16: return "float16";
     case DType::kBool: return "bool";
     case DType::kI32: return "int32";
+    case DType::kI64: return "int64";
   }
   return "unknown";
 }

@@ -41,6 +41,8 @@ inline double element(const TensorView& v, int64_t offset) {
       return static_cast<const bool*>(v.data)[offset] ? 1.0 : 0.0;
     case DType::kI32:
       return static_cast<const int32_t*>(v.data)[offset];
+    case DType::kI64:
+      return double(static_cast<const int64_t*>(v.data)[offset]);
   }
   return 0.0;
 }
