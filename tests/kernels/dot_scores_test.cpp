@@ -136,7 +136,7 @@ void check_dtype(DType dtype) {
             std::vector<float> s(size_t(rows * rs + nk * cs + 1), -7.0f);
             std::vector<int64_t> ahead;
             fn(dtype, q.data(), q_stride, rows, k.data(), k_stride, D, nk, s.data(), rs, cs, &ahead);
-            std::vector<int64_t> want_ahead(size_t(nk));
+            std::vector<int64_t> want_ahead(static_cast<size_t>(nk));
             for (int64_t c = 0; c < nk; ++c) want_ahead[size_t(c)] = c;
             EXPECT_EQ(ahead, want_ahead) << name << ": D " << D << " rows " << rows << " nk " << nk;
             for (int64_t r = 0; r < rows; ++r)
@@ -152,7 +152,9 @@ void check_dtype(DType dtype) {
             for (size_t e = 0; e < s.size(); ++e) {
               const int64_t r = transposed ? int64_t(e) % cs : int64_t(e) / rs;
               const int64_t c = transposed ? int64_t(e) / cs : int64_t(e) % rs;
-              if (r >= rows || c >= nk) ASSERT_EQ(s[e], -7.0f) << name << ": wrote outside at " << e;
+              if (r >= rows || c >= nk) {
+                ASSERT_EQ(s[e], -7.0f) << name << ": wrote outside at " << e;
+              }
             }
           }
   }
