@@ -32,7 +32,7 @@ namespace {
 //   2.8e-3 (dk), so 5e-2 forward leaves ~30x. Gradients sum over a whole sequence
 //   and go through dS = P (dP - D), which cancels, so their caps are 5x (f32) and
 //   2x (16-bit) wider.
-// A case may scale the ceiling (the 16-bit dq and dk grow with scale·√Dv / (1 - p)) and add
+// A case may scale floor and ceiling (dq and dk grow with scale·√Dv / (1 - p)) and add
 // a derived bound on an error its baseline does not reliably show (dsinks): Allowance in
 // compare.hpp, each term derived in reference/cases.cpp where it is computed.
 struct Tolerance {
@@ -104,8 +104,9 @@ Comparison compare_with(const std::string& what, const std::vector<double>& ours
     const double be = std::abs(baseline[e] - o);
     c.baseline_error = std::max(c.baseline_error, std::isfinite(be) ? be : kInf);
   }
-  c.allowed = std::min(error_factor(pass) * c.baseline_error + tol.floor * magnitude,
-                       tol.ceiling * std::max(1.0, allowance.ceiling_scale) * magnitude) +
+  const double scale = std::max(1.0, allowance.scale);
+  c.allowed = std::min(error_factor(pass) * c.baseline_error + tol.floor * scale * magnitude,
+                       tol.ceiling * scale * magnitude) +
               std::max(0.0, allowance.extra);
   return c;
 }

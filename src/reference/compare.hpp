@@ -17,9 +17,9 @@ enum class Pass { kForward, kBackward };
 // What one case adds to the rule, each term derived where the case computes it
 // (reference/cases.cpp): the defaults leave the rule as stated above.
 struct Allowance {
-  // Multiplies the ceiling: the case's error scale relative to the one the ceiling was
-  // measured at (>= 1).
-  double ceiling_scale = 1.0;
+  // Multiplies floor and ceiling: the case's error scale relative to the one they were set
+  // at (values below 1 count as 1).
+  double scale = 1.0;
   // Absolute, added to the allowed error (floor and ceiling alike): a derived bound on an
   // error source whose size the baseline's own error does not reliably show.
   double extra = 0.0;
@@ -29,7 +29,7 @@ struct Comparison {
   std::string what;        // "out", "lse", "dq", ...
   double max_error = 0;    // max |ours - oracle| (inf entries must match exactly)
   double baseline_error = 0;
-  double allowed = 0;      // min(k * baseline_error + floor, ceiling · ceiling_scale) + extra
+  double allowed = 0;      // min(k * baseline_error + floor · scale, ceiling · scale) + extra
   bool nan_or_inf_mismatch = false;  // ours has NaN, or an infinity where the oracle has none
   bool pass() const { return !nan_or_inf_mismatch && max_error <= allowed; }
   std::string to_string() const;
