@@ -366,6 +366,8 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
   // dS over the whole grid, reduced into dbias's own shape after the parallel part.
   std::vector<Acc> ds_grid(pb.has_bias() ? size_t(B * H * Lq * Lk) : 0);
   std::vector<Acc> dsinks_part(pb.has_sinks() ? pb.segments.size() * size_t(H) : 0);
+  // Σ|a| and Σa² per (sequence, head) for BackwardResult::dsinks_rounding_l1 / _l2.
+  std::vector<double> dsinks_l1_part(dsinks_part.size()), dsinks_l2_part(dsinks_part.size());
 
   // One item per (sequence, kv head): it owns dk/dv of its keys and dq of its query
   // heads, and walks them in a fixed order.
@@ -394,12 +396,18 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
         for (Acc& x : o) x = round_to_dtype(x, round_to);
         const Acc Di = dot(doi, o.data(), Dv);
 
+        double row_l1 = 0, row_l2 = 0;  // Σ_j |P Z dP0| and Σ_j (P Z dP0)² of this row
         for (int64_t j = 0; j < s.lk; ++j) {
           const Acc pj = p[size_t(j)];
           if (pj == 0) continue;  // masked (or underflowed): dS_ij = 0
           const int64_t kj = (s.b * Hkv + g) * Lk + s.k0 + j;
           const Acc z = pb.dropout(s, h, i, j);  // O = (P ∘ Z) V: dP = Z (dO · v_j)
-          const Acc dS = pj * (z * dot(doi, pb.v_row(s, g, j), Dv) - Di);
+          const Acc dp0 = dot(doi, pb.v_row(s, g, j), Dv);
+          const Acc dS = pj * (z * dp0 - Di);
+          if (pb.has_sinks()) {
+            const double a = double(pj) * double(z) * double(dp0);
+            row_l1 += std::abs(a), row_l2 += a * a;
+          }
           if (pb.has_bias()) ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
           Acc dSc = dS;
           if (pb.softcap() > 0) {
@@ -416,7 +424,12 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           for (int64_t d = 0; d < D; ++d) dkj[d] += dSc * qi[d];
           for (int64_t d = 0; d < Dv; ++d) dvj[d] += pr * doi[d];
         }
-        if (pb.has_sinks()) dsinks_part[size_t(seg * H + h)] -= std::exp(pb.sink(h) - lse) * Di;
+        if (pb.has_sinks()) {
+          dsinks_part[size_t(seg * H + h)] -= std::exp(pb.sink(h) - lse) * Di;
+          const double w = std::exp(double(pb.sink(h)) - double(lse));
+          dsinks_l1_part[size_t(seg * H + h)] += w * row_l1;
+          dsinks_l2_part[size_t(seg * H + h)] += w * w * row_l2;
+        }
       }
     }
   }
@@ -438,9 +451,16 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
   }
   if (pb.has_sinks()) {
     std::vector<Acc> dsinks(size_t(H), Acc(0));
+    r.dsinks_rounding_l1.assign(size_t(H), 0.0);
+    r.dsinks_rounding_l2.assign(size_t(H), 0.0);
     for (size_t seg = 0; seg < pb.segments.size(); ++seg)
-      for (int64_t h = 0; h < H; ++h) dsinks[size_t(h)] += dsinks_part[seg * size_t(H) + size_t(h)];
+      for (int64_t h = 0; h < H; ++h) {
+        dsinks[size_t(h)] += dsinks_part[seg * size_t(H) + size_t(h)];
+        r.dsinks_rounding_l1[size_t(h)] += dsinks_l1_part[seg * size_t(H) + size_t(h)];
+        r.dsinks_rounding_l2[size_t(h)] += dsinks_l2_part[seg * size_t(H) + size_t(h)];
+      }
     r.dsinks.assign(dsinks.begin(), dsinks.end());
+    for (double& x : r.dsinks_rounding_l2) x = std::sqrt(x);
   }
   return r;
 }

@@ -30,6 +30,11 @@ struct BackwardResult {
                                // summed over its size-1 and missing dims, one entry per
                                // logical element along a stride-0 dim
   std::vector<double> dsinks;  // (H), empty without sinks
+  // (H), empty without sinks: the sensitivity of dsinks to rounding P ∘ Z before P·V.
+  // With a_bij = exp(sink_h - lse_bi) · P_bij · Z_bij · (dout_bi · v_bj) over every (b, i, j)
+  // of head h, the l1 and l2 norms Σ|a| and sqrt(Σ a²): relative errors δ_bij (|δ| <= u) in
+  // P ∘ Z move dsink_h by -Σ a·δ (reference/allowances.cpp turns this into an allowance).
+  std::vector<double> dsinks_rounding_l1, dsinks_rounding_l2;
 };
 
 // The oracle: double accumulation, nothing rounded.

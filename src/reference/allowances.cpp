@@ -1,0 +1,78 @@
+// Per-case widenings of the pass rule (compare.hpp's Allowance), each derived beside it:
+// what a case's shape and options add to the error an honest implementation makes.
+#include "reference/allowances.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace multihead::reference {
+
+namespace {
+
+// Unit roundoff of the 16-bit dtype a low-precision implementation rounds P ∘ Z (and dS) to
+// (the baseline's model, attention_reference.hpp): 2^-8 for bf16, 2^-11 for f16; 0 for f32.
+double p_rounding_unit(DType dtype) {
+  if (dtype == DType::kBF16) return 0x1p-8;
+  if (dtype == DType::kF16) return 0x1p-11;
+  return 0.0;
+}
+
+}  // namespace
+
+// The floor and ceiling of dq and dk scale by max(1, scale·√Dv / (1 - p)).
+//
+// Derivation. dq_i = scale Σ_j dS'_ij k_j with dS_ij = P_ij (Z_ij dP_ij - D_i),
+// dP_ij = dout_i · v_j, D_i = dout_i · out_i (dk_j = scale Σ_i dS'_ij q_i likewise). Let u be
+// the unit roundoff of whatever perturbs the terms: 2^-8 where a 16-bit implementation rounds
+// P ∘ Z before P·V and dS before the dq/dk products, a few units of f32's 2^-24 where an equally
+// valid order of f32 operations differs. Then out_i is off by at most u Σ_j P_ij Z_ij |v_j|,
+// D_i by |δD_i| <= u Σ_j P_ij Z_ij |dout_i · v_j|, dS by u |dS_ij|, and to first order in u
+// (the softcap factor 1 - tanh² is <= 1):
+//   |δdq_id| <= scale Σ_j (P_ij |δD_i| + u |dS_ij|) |k_jd|
+//            <= 3u · scale · max_j |dout_i · v_j| · max Z · max |k_d|,
+// using Σ_j P_ij <= 1 and |D_i| <= max_j Z_ij |dout_i · v_j|. With the cases' N(0, 1) data a
+// Dv-long dot product dout_i · v_j has size √Dv, and Z <= 1 / (1 - p): the honest error of dq
+// and dk is proportional to scale · √Dv / (1 - p). The gradient's own size is the same while
+// the softmax is spread, so compare()'s magnitude max(1, max|oracle|) follows it; but where P
+// saturates (one key per row: Lk = 1, a window of width 0, or scores spread by scale·√D >> 1),
+// the oracle's dS goes to 0 (Z dP_ij = D_i) while the rounding of Z dP_ij - D_i does not, the
+// magnitude falls to 1 and floor and ceiling become absolute. Both were set at
+// scale·√Dv = 1 (D = Dv, scale = 1/√D, no dropout: the ceiling measured at D = Dv = 128), so
+// both scale by this factor (1 there). Seen: mixed:8859192053360702186 (bf16, D = 1, Dv = 77,
+// window (0, 0), dropout 0.1, scale·√D = 1 but scale·√Dv = 8.8): dk off by 7.4e-2 against the
+// 1e-1 ceiling, the baseline by 9.7e-2, both through δD_i; dropout:2735198118157566341 (f32,
+// Lq = Lk = 1, p = 0.9, factor 10): dq off by 6.8e-6 against 3 x 8.9e-7 + the 4e-6 floor. The
+// factor is in √Dv, not √D: the error enters through dP = dout·v and D = dout·out, which are
+// Dv long. out, lse, dv carry no such factor (out and dv are sums of P ∘ Z times rows of V or
+// dout, whose rounding is relative to their own size; lse sees no P ∘ Z rounding).
+double gradient_error_scale(const Case& c) {
+  const double scale = c.scale ? double(*c.scale) : 1.0 / std::sqrt(double(c.D));
+  return std::max(1.0, scale * std::sqrt(double(c.Dv)) / (1.0 - double(c.dropout_p)));
+}
+
+// dsinks gets u · min(Σ|a|, 7 sqrt(Σ a²)) on top of the rule, maximised over heads, with a the
+// sensitivities of BackwardResult::dsinks_rounding_l1 / _l2.
+//
+// Why. dsink_h = -Σ_{b,i} e^{sink_h - lse_i} D_i is a reduction of every row's D_i =
+// dout_i · out_i into H numbers. A 16-bit implementation rounds P ∘ Z before P·V (the SIMD
+// kernels round the unnormalised e^{s - m} ∘ Z to bf16, the baseline the normalised P ∘ Z),
+// so out_i = Σ_j P_ij Z_ij (1 + δ_ij) v_j with |δ_ij| <= u, and
+//   dsink_h(ours) - dsink_h = -Σ_{b,i,j} a_bij δ_bij,  a_bij = e^{sink - lse_i} P_ij Z_ij (dout_i · v_j)
+// (the kernels' own reduction is exact to f32 given their out and lse). Ours and the baseline's
+// δ are different roundings of different numbers, so the two errors are independent draws of
+// the same size; with H = 1 the rule's max over H entries is one draw each, and
+// |ours| > 3 |baseline| + floor happened for 6 of 20000 bf16/mixed cases (e.g. bf16:13161521189755830757:
+// ours 1.6e-2, baseline 2.9e-3). The bound: |Σ a δ| <= u Σ|a| always; and with the rounding
+// errors modelled as independent, zero-mean and bounded by u (the probabilistic model of
+// rounding error, Higham & Mary 2019), Hoeffding's inequality gives
+// P(|Σ a δ| >= λ u sqrt(Σ a²)) <= 2 exp(-λ² / 2): λ = 7 makes that 5e-11 per head.
+// Other errors (f32 sums, the exponentials) are covered by the floor.
+double dsinks_extra(const Case& c, const BackwardResult& oracle) {
+  const double u = p_rounding_unit(c.dtype);
+  double extra = 0.0;
+  for (size_t h = 0; h < oracle.dsinks_rounding_l1.size(); ++h)
+    extra = std::max(extra, u * std::min(oracle.dsinks_rounding_l1[h], 7.0 * oracle.dsinks_rounding_l2[h]));
+  return extra;
+}
+
+}  // namespace multihead::reference
