@@ -1,39 +1,19 @@
-// safetensors reading and writing. The reader treats every byte as hostile (the rules,
-// one a line, are in docs/SAFETENSORS.md): the header goes through a SAX handler that
-// builds TensorInfos directly and throws at the first off-format event, so a hostile
-// header never grows a DOM; every size is checked in 64 bits against the bytes that are
-// really there before anything is allocated; tensor bytes are copied into owning,
-// aligned Tensors, never used in place.
-#include "multihead/safetensors.hpp"
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
+// The safetensors header: nlohmann's SAX parser drives a handler that builds TensorInfos
+// directly and throws at the first off-format event, so a hostile header never grows a
+// DOM; then the tensors must tile the data section. The rules, one a line, are in
+// docs/SAFETENSORS.md. Also the format's shared helpers (safetensors_format.hpp).
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <set>
 
+#include "io/safetensors_format.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead {
-
-static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian: add byte swapping");
-
-namespace {
-
-using Json = nlohmann::json;
-
-constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's cap
-constexpr uint64_t kMaxBytes = uint64_t(std::numeric_limits<int64_t>::max());
-
-std::string quote(const std::string& s) { return "'" + printable(s, 80) + "'"; }
+namespace safetensors_format {
 
 [[noreturn]] void format_error(const std::string& label, const std::string& subject, const std::string& field,
                                const std::string& expected, const std::string& got) {
@@ -44,23 +24,16 @@ std::string quote(const std::string& s) { return "'" + printable(s, 80) + "'"; }
   throw Error(ErrorKind::kIoError, path, what, expected, std::strerror(errnum));
 }
 
-std::string tensor_subject(const std::string& name) { return "tensor " + quote(name); }
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
-  return s + "]";
-}
-
 uint64_t load_le64(const uint8_t* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
   return v;
 }
 
-// The byte size of a tensor, or nothing when it does not fit in 63 bits. The non-zero
-// dims must multiply without overflow even when another dim is 0: a Tensor's strides
-// are products of them.
+void store_le64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+
 std::optional<uint64_t> checked_bytes(DType dtype, const std::vector<int64_t>& shape) {
   uint64_t bytes = dtype_size(dtype);
   bool empty = false;
@@ -71,7 +44,6 @@ std::optional<uint64_t> checked_bytes(DType dtype, const std::vector<int64_t>& s
   return empty ? 0 : bytes;
 }
 
-// The header length: capped, and within the bytes after the 8-byte prefix.
 void check_header_length(const std::string& label, uint64_t n, uint64_t remaining) {
   if (n > kMaxHeaderBytes)
     format_error(label, "header", "length", "<= " + std::to_string(kMaxHeaderBytes) + " bytes (the cap)",
@@ -79,6 +51,20 @@ void check_header_length(const std::string& label, uint64_t n, uint64_t remainin
   if (n > remaining)
     format_error(label, "header", "length", "<= " + std::to_string(remaining) + " (the bytes after the length prefix)",
                  std::to_string(n));
+}
+
+namespace {
+
+using Json = nlohmann::json;
+
+std::string quote(const std::string& s) { return "'" + printable(s, 80) + "'"; }
+
+std::string tensor_subject(const std::string& name) { return "tensor " + quote(name); }
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
+  return s + "]";
 }
 
 // Builds the header while nlohmann's parser walks it; any event that does not fit the
@@ -326,6 +312,8 @@ void check_tiling(const std::string& label, const std::vector<TensorInfo>& infos
                  std::to_string(data_size) + " bytes: " + std::to_string(data_size - expected) + " trailing");
 }
 
+}  // namespace
+
 SafetensorsHeader parse_header(const std::string& label, const uint8_t* json, uint64_t size, uint64_t data_size) {
   // Never valid in JSON text, and nlohmann's lexer would take one for the end of input.
   if (const void* nul = size > 0 ? std::memchr(json, 0, size) : nullptr)
@@ -339,182 +327,7 @@ SafetensorsHeader parse_header(const std::string& label, const uint8_t* json, ui
   return header;
 }
 
-Tensor allocate(const TensorInfo& info) {
-  Shape shape{};
-  std::copy(info.shape.begin(), info.shape.end(), shape.begin());
-  return Tensor::empty(info.dtype, int(info.shape.size()), shape);
-}
-
-// A read-only regular file whose descriptor closes itself.
-class File {
- public:
-  explicit File(const std::string& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-    if (fd_ < 0) io_error(path, "open", "a readable file", errno);
-    struct stat st {};
-    const int errnum = ::fstat(fd_, &st) != 0 ? errno : 0;
-    if (errnum != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd_);
-      if (errnum != 0) io_error(path, "stat", "a readable file", errnum);
-      throw Error(ErrorKind::kIoError, path, "type", "a regular file", "something else");
-    }
-    size_ = uint64_t(st.st_size);
-  }
-  ~File() { ::close(fd_); }
-  File(const File&) = delete;
-  File& operator=(const File&) = delete;
-
-  uint64_t size() const { return size_; }  // a bound only: the file may change under us
-
-  void read_exact(void* dst, uint64_t n) {
-    auto* p = static_cast<uint8_t*>(dst);
-    while (n > 0) {
-      const ssize_t got = ::read(fd_, p, size_t(std::min<uint64_t>(n, 1u << 30)));
-      if (got < 0 && errno == EINTR) continue;
-      if (got < 0) io_error(path_, "read", "readable bytes", errno);
-      if (got == 0)
-        throw Error(ErrorKind::kIoError, path_, "read", std::to_string(n) + " more bytes",
-                    "the end of the file (it shrank while being read)");
-      p += got;
-      n -= uint64_t(got);
-    }
-  }
-
- private:
-  std::string path_;
-  int fd_;
-  uint64_t size_ = 0;
-};
-
-// A file written next to its target and renamed over it on commit(): a failed save
-// leaves the previous file alone and no partial one behind.
-class Output {
- public:
-  explicit Output(const std::string& path)
-      : path_(path), tmp_(path + ".tmp"), fd_(::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666)) {
-    if (fd_ < 0) io_error(path_, "open", "a writable file", errno);
-  }
-  ~Output() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  Output(const Output&) = delete;
-  Output& operator=(const Output&) = delete;
-
-  void write_all(const void* src, uint64_t n) {
-    const auto* p = static_cast<const uint8_t*>(src);
-    while (n > 0) {
-      const ssize_t put = ::write(fd_, p, size_t(std::min<uint64_t>(n, 1u << 30)));
-      if (put < 0 && errno == EINTR) continue;
-      if (put < 0) io_error(path_, "write", "a writable file", errno);
-      p += put;
-      n -= uint64_t(put);
-    }
-  }
-
-  void commit() {
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) io_error(path_, "close", "a written file", errno);
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) io_error(path_, "rename", "a writable path", errno);
-    committed_ = true;
-  }
-
- private:
-  std::string path_, tmp_;
-  int fd_;
-  bool committed_ = false;
-};
-
-// Reads the length prefix and the header; the data section is what remains of the file.
-SafetensorsHeader read_header(File& file, const std::string& path) {
-  if (file.size() < 8)
-    format_error(path, "header", "length", "an 8-byte little-endian prefix", std::to_string(file.size()) + " bytes");
-  uint8_t prefix[8];
-  file.read_exact(prefix, 8);
-  const uint64_t n = load_le64(prefix);
-  check_header_length(path, n, file.size() - 8);
-  std::vector<uint8_t> json(n);
-  file.read_exact(json.data(), n);
-  return parse_header(path, json.data(), n, file.size() - 8 - n);
-}
-
-// ---- writing ----
-
-struct Planned {
-  const std::string* name;
-  const TensorView* view;
-  uint64_t bytes;
-};
-
-[[noreturn]] void invalid(const std::string& name, const std::string& field, const std::string& expected,
-                          const std::string& got) {
-  throw Error(ErrorKind::kInvalidArgument, name, field, expected, got);
-}
-
-// The padded header and the tensors in name order (std::map's), after checking each.
-std::string plan_file(const std::map<std::string, TensorView>& tensors,
-                      const std::map<std::string, std::string>& metadata, std::vector<Planned>& plan) {
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  uint64_t offset = 0;
-  for (const auto& [name, view] : tensors) {
-    if (name == "__metadata__") invalid(name, "name", "a tensor name", "the reserved key __metadata__");
-    if (!is_floating(view.dtype)) invalid(name, "dtype", "float32, bfloat16 or float16", to_string(view.dtype));
-    if (view.rank < 0 || view.rank > kMaxRank) invalid(name, "rank", "0..4", std::to_string(view.rank));
-    std::vector<int64_t> shape;
-    for (int d = 0; d < view.rank; ++d) {
-      if (view.shape[d] < 0) invalid(name, "dim " + std::to_string(d), ">= 0", std::to_string(view.shape[d]));
-      if (view.strides[d] < 0) invalid(name, "stride " + std::to_string(d), ">= 0", std::to_string(view.strides[d]));
-      shape.push_back(view.shape[d]);
-    }
-    const std::optional<uint64_t> checked = checked_bytes(view.dtype, shape);  // the reader's rule
-    if (!checked) throw Error(ErrorKind::kCapacityExceeded, name, "bytes", "< 2^63", "overflow");
-    const uint64_t bytes = *checked;
-    if (bytes > 0 && view.data == nullptr) invalid(name, "data", "non-null", "null");
-    header[name] = {
-        {"dtype", safetensors_dtype_name(view.dtype)}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
-    plan.push_back(Planned{&name, &view, bytes});
-    offset += bytes;
-  }
-  std::string json;
-  try {
-    json = header.dump();
-  } catch (const nlohmann::json::exception&) {
-    invalid("safetensors header", "names and metadata", "valid UTF-8", "invalid bytes");
-  }
-  json.append((8 - json.size() % 8) % 8, ' ');  // data section 8-byte aligned
-  if (json.size() > kMaxHeaderBytes)
-    throw Error(ErrorKind::kCapacityExceeded, "safetensors header", "length",
-                "<= " + std::to_string(kMaxHeaderBytes) + " bytes (what readers accept)", std::to_string(json.size()));
-  return json;
-}
-
-void store_le64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-
-// The view's elements, row-major, into dst (bytes of them).
-void copy_contiguous(const TensorView& v, uint8_t* dst) {
-  const size_t item = dtype_size(v.dtype);
-  if (v.is_contiguous()) {
-    std::memcpy(dst, v.data, size_t(v.numel()) * item);
-    return;
-  }
-  Shape shape{1, 1, 1, 1}, strides{0, 0, 0, 0};
-  const int pad = kMaxRank - v.rank;  // right-align the dims into 4
-  for (int d = 0; d < v.rank; ++d) shape[pad + d] = v.shape[d], strides[pad + d] = v.strides[d];
-  const auto* src = static_cast<const uint8_t*>(v.data);
-  for (int64_t a = 0; a < shape[0]; ++a)
-    for (int64_t b = 0; b < shape[1]; ++b)
-      for (int64_t c = 0; c < shape[2]; ++c)
-        for (int64_t d = 0; d < shape[3]; ++d) {
-          const int64_t offset = a * strides[0] + b * strides[1] + c * strides[2] + d * strides[3];
-          std::memcpy(dst, src + offset * int64_t(item), item);
-          dst += item;
-        }
-}
-
-}  // namespace
+}  // namespace safetensors_format
 
 std::string printable(const std::string& s, size_t max) {
   size_t n = s.size();
@@ -548,91 +361,6 @@ const char* safetensors_dtype_name(DType dtype) {
     default:
       return "unsupported";
   }
-}
-
-SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& label) {
-  if (size < 8)
-    format_error(label, "header", "length", "an 8-byte little-endian prefix", std::to_string(size) + " bytes");
-  const uint64_t n = load_le64(bytes);
-  check_header_length(label, n, size - 8);
-  SafetensorsHeader header = parse_header(label, bytes + 8, n, size - 8 - n);
-  const uint8_t* data = bytes + 8 + n;
-
-  SafetensorsFile file;
-  file.metadata = std::move(header.metadata);
-  for (const TensorInfo& info : header.infos) {
-    Tensor t = allocate(info);
-    // memcpy: the source may sit at any alignment.
-    if (info.end > info.begin) std::memcpy(t.data(), data + info.begin, info.end - info.begin);
-    file.tensors.emplace(info.name, std::move(t));
-  }
-  file.infos = std::move(header.infos);
-  return file;
-}
-
-SafetensorsHeader read_safetensors_header(const std::string& path) {
-  File file(path);
-  return read_header(file, path);
-}
-
-SafetensorsFile read_safetensors(const std::string& path) {
-  File file(path);
-  SafetensorsHeader header = read_header(file, path);
-  // The offsets tile the data section, so reading in offset order is one sequential pass.
-  std::vector<const TensorInfo*> order;
-  for (const TensorInfo& info : header.infos) order.push_back(&info);
-  std::sort(order.begin(), order.end(), [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
-
-  SafetensorsFile result;
-  for (const TensorInfo* info : order) {
-    Tensor t = allocate(*info);
-    file.read_exact(t.data(), info->end - info->begin);
-    result.tensors.emplace(info->name, std::move(t));
-  }
-  result.metadata = std::move(header.metadata);
-  result.infos = std::move(header.infos);
-  return result;
-}
-
-std::vector<uint8_t> serialize_safetensors(const std::map<std::string, TensorView>& tensors,
-                                           const std::map<std::string, std::string>& metadata) {
-  std::vector<Planned> plan;
-  const std::string json = plan_file(tensors, metadata, plan);
-  uint64_t total = 8 + json.size();
-  for (const Planned& p : plan) total += p.bytes;
-  std::vector<uint8_t> out(total);
-  store_le64(out.data(), json.size());
-  std::memcpy(out.data() + 8, json.data(), json.size());
-  uint8_t* dst = out.data() + 8 + json.size();
-  for (const Planned& p : plan) {
-    if (p.bytes > 0) copy_contiguous(*p.view, dst);
-    dst += p.bytes;
-  }
-  return out;
-}
-
-void write_safetensors(const std::string& path, const std::map<std::string, TensorView>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  std::vector<Planned> plan;
-  const std::string json = plan_file(tensors, metadata, plan);
-
-  Output out(path);
-  uint8_t prefix[8];
-  store_le64(prefix, json.size());
-  out.write_all(prefix, 8);
-  out.write_all(json.data(), json.size());
-  std::vector<uint8_t> staging;
-  for (const Planned& p : plan) {
-    if (p.bytes == 0) continue;
-    if (p.view->is_contiguous()) {
-      out.write_all(p.view->data, p.bytes);
-    } else {
-      staging.resize(p.bytes);
-      copy_contiguous(*p.view, staging.data());
-      out.write_all(staging.data(), p.bytes);
-    }
-  }
-  out.commit();
 }
 
 }  // namespace multihead
