@@ -1,5 +1,5 @@
 // `multihead.KVCache` (the paged KV cache) and `multihead.apply_rotary`: thin front ends
-// (DESIGN.md layers). Arrays must already have the dtype asked for (float32 values,
+// (docs/ARCHITECTURE.md layers). Arrays must already have the dtype asked for (float32 values,
 // int32/int64 positions): nothing is converted silently. Every other check is the
 // library's; errors are translated by the handler bindings.cpp registers.
 #include <pybind11/numpy.h>

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 
+#include "core/dtype_limits.hpp"
 #include "kernels/kernels.hpp"
 #include "multihead/threads.hpp"
 
@@ -22,16 +22,6 @@ Broadcast4 broadcast4(const TensorView& t) {
   for (int d = 0; d < t.rank; ++d) strides[4 - t.rank + d] = t.shape[d] == 1 ? 0 : t.strides[d];
   return {t.data, t.dtype, strides[0], strides[1], strides[2], strides[3]};
 }
-
-float lowest_of(DType dtype) {
-  switch (dtype) {
-    case DType::kBF16: return bf16_to_float(bf16{0xff7f});
-    case DType::kF16: return -65504.0f;
-    default: return std::numeric_limits<float>::lowest();
-  }
-}
-
-int32_t i32_at(const TensorView& v, int64_t i) { return static_cast<const int32_t*>(v.data)[i * v.strides[0]]; }
 
 }  // namespace
 
@@ -51,7 +41,7 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
   if (o.mask) p.mask = broadcast4(*o.mask);
   if (o.bias) {
     p.bias = broadcast4(*o.bias);
-    p.bias_masked_at = lowest_of(o.bias->dtype);
+    p.bias_masked_at = lowest_finite(o.bias->dtype);
   }
   if (o.alibi_slopes) p.alibi_slopes = static_cast<const float*>(o.alibi_slopes->data), p.alibi_stride = o.alibi_slopes->strides[0];
   p.dropout_p = o.dropout_p;

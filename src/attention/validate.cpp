@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype_limits.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead::detail {
@@ -157,8 +158,6 @@ void check_finite_values(const Named& t, const char* what) {
       fail(ErrorKind::kInvalidArgument, t.name, "element " + to_string(i), std::string("finite ") + what,
            std::to_string(p[i * t.view.strides[0]]));
 }
-
-int32_t i32_at(const TensorView& v, int64_t i) { return static_cast<const int32_t*>(v.data)[i * v.strides[0]]; }
 
 // cu_seqlens: i32 (nseq + 1), 0 first, non-decreasing, last = total.
 void check_cu_seqlens(const Named& t, int64_t total, const char* total_name) {

@@ -7,7 +7,7 @@
 
 namespace multihead::detail {
 
-// Sizes established by validation, in DESIGN.md letters.
+// Sizes established by validation, in docs/CONTRACT.md letters.
 struct ProblemSizes {
   int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
   bool varlen = false;

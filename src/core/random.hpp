@@ -13,7 +13,6 @@ inline constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ull;
 
 // splitmix64's output function of the state after one step: splitmix64(x) is the draw of
 // a stream whose state was x. Also a good 64-bit hash of a counter.
-// (Token for token the copy in src/module/dropout_seed.hpp, until that one includes this.)
 inline uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;

@@ -92,7 +92,7 @@ struct WorkItem {
 // ---- The parts of AttentionParams ----
 
 struct KernelOperands {
-  // Sizes in DESIGN.md letters. Lq/Lk are the tensors' dims (total rows when varlen).
+  // Sizes in docs/CONTRACT.md letters. Lq/Lk are the tensors' dims (total rows when varlen).
   int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
   int64_t group = 1;  // H / Hkv: query heads per key/value head
   Activation q, k, v;  // inputs, one float dtype

@@ -5,14 +5,9 @@
 
 #include <cstdint>
 
-namespace multihead::detail {
+#include "core/random.hpp"
 
-inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+namespace multihead::detail {
 
 inline uint64_t module_dropout_seed(uint64_t seed, uint64_t call) { return splitmix64(seed ^ splitmix64(call)); }
 

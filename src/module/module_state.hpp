@@ -22,7 +22,7 @@ namespace multihead::detail {
   throw Error(kind, tensor, dim, expected, got);
 }
 
-// Sizes of a resolved config in DESIGN.md letters; N* are projection widths.
+// Sizes of a resolved config in docs/CONTRACT.md letters; N* are projection widths.
 struct Dims {
   int64_t E = 0, H = 0, Hkv = 0, d = 0, dv = 0, kdim = 0, vdim = 0, out = 0;
   int64_t nq() const { return H * d; }

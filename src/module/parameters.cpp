@@ -5,12 +5,12 @@
 // state_dict.cpp.
 #include <cmath>
 #include <cstring>
-#include <numbers>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/random.hpp"
 #include "module/module_state.hpp"
 #include "multihead/multi_head_attention.hpp"
 
@@ -24,10 +24,10 @@ namespace {
 class Rng {
  public:
   explicit Rng(uint64_t seed) : gen_(seed) {}
-  double uniform() { return double(gen_() >> 11) * 0x1.0p-53; }  // [0, 1)
-  double normal() {                                              // Box-Muller
-    const double u1 = 1.0 - uniform(), u2 = uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+  double uniform() { return uniform01(gen_()); }  // [0, 1)
+  double normal() {
+    const double u1 = 1.0 - uniform(), u2 = uniform();  // u1 in (0, 1]: the log stays finite
+    return box_muller(u1, u2).first;
   }
 
  private:

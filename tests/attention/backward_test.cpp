@@ -1,4 +1,4 @@
-// The backward sweeps of DESIGN.md's correctness method, judged against the double
+// The backward sweeps of the correctness method (docs/ARCHITECTURE.md), judged against the double
 // oracle with the pass rule of reference/compare.hpp (the forward quantities are checked on the way).
 #include "support/cases.hpp"
 

@@ -1,4 +1,4 @@
-// The forward sweeps of DESIGN.md's correctness method, judged against the double
+// The forward sweeps of the correctness method (docs/ARCHITECTURE.md), judged against the double
 // oracle with the pass rule of reference/compare.hpp (probabilities checked too).
 #include "support/cases.hpp"
 

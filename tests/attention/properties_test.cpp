@@ -1,4 +1,4 @@
-// Properties of DESIGN.md's correctness method that a comparison with the oracle
+// Properties of the correctness method (docs/ARCHITECTURE.md) that a comparison with the oracle
 // cannot show: masked garbage is never read, GQA is MHA with shared K/V, decoding
 // equals the causal prefill, empty rows are clean on every path, results are
 // bitwise deterministic across thread counts, failing calls write nothing, and

@@ -12,20 +12,10 @@
 #include <vector>
 
 #include "multihead/multihead.hpp"
+#include "support/errors.hpp"
 
 namespace multihead::test {
 namespace {
-
-template <class F>
-Error capture(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "no multihead::Error thrown";
-  return Error(ErrorKind::kIoError, "", "", "", "");
-}
 
 void expect_error(const Error& e, ErrorKind kind, const std::string& tensor, const std::string& dim,
                   const std::string& expected_part, const std::string& got) {

@@ -10,20 +10,10 @@
 #include <vector>
 
 #include "module/module_support.hpp"
+#include "support/errors.hpp"
 
 namespace multihead::test {
 namespace {
-
-template <class F>
-Error capture(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "no multihead::Error thrown";
-  return Error(ErrorKind::kIoError, "", "", "", "");
-}
 
 TEST(ModuleOptions, ErrorsAreValidateAttentionsOverTheInputKeys) {
   const int64_t B = 2, Lq = 3, Lk = 4;

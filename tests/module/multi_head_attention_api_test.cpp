@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "module/module_support.hpp"
+#include "support/errors.hpp"
 
 namespace multihead::test {
 namespace {
@@ -48,17 +49,6 @@ std::map<std::string, TensorInfo> infos_of(const std::map<std::string, TensorVie
     r.emplace(info.name, info);
   }
   return r;
-}
-
-template <class F>
-Error capture(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "no multihead::Error thrown";
-  return Error(ErrorKind::kIoError, "", "", "", "");
 }
 
 TEST(ModuleParameters, CountDoesNotDependOnNumHeads) {
