@@ -138,7 +138,9 @@ TEST_P(ExtraKeysSweep, BitwiseEqualFor1To3Threads) {
     EXPECT_TRUE(same_bytes(g1.dq.view(), g.dq.view())) << threads << " threads, " << c.describe();
     EXPECT_TRUE(same_bytes(g1.dk.view(), g.dk.view())) << threads << " threads, " << c.describe();
     EXPECT_TRUE(same_bytes(g1.dv.view(), g.dv.view())) << threads << " threads, " << c.describe();
-    if (in.options.bias) EXPECT_TRUE(same_bytes(g1.dbias.view(), g.dbias.view())) << threads << " threads";
+    if (in.options.bias) {
+      EXPECT_TRUE(same_bytes(g1.dbias.view(), g.dbias.view())) << threads << " threads, " << c.describe();
+    }
   }
 }
 
@@ -186,7 +188,9 @@ TEST(ExtraKeys, HeadStatsCoverTheExtraKeys) {
           }
           EXPECT_NEAR(s[0], entropy, 1e-4 * std::max(1.0, entropy)) << b << " " << h << " " << i;
           EXPECT_NEAR(s[1], p[best], 1e-5) << b << " " << h << " " << i;
-          if (p[int64_t(s[2])] != p[best]) EXPECT_EQ(s[2], float(best)) << b << " " << h << " " << i;
+          if (p[int64_t(s[2])] != p[best]) {
+            EXPECT_EQ(s[2], float(best)) << b << " " << h << " " << i;
+          }
           extra_argmax += s[2] >= float(c.Lk - c.extra_keys);
         }
     EXPECT_GT(extra_argmax, 0) << "no row's argmax is an extra key: the test does not reach them";

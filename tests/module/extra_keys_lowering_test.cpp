@@ -102,7 +102,9 @@ TEST(ExtraKeysLowering, AppendedKeysEscapeEveryPositionalOption) {
       for (int64_t j = 0; j < L; ++j) EXPECT_EQ(w[r * (L + extra) + j], 0.0f) << r << " " << j;
       for (int64_t j = L; j < L + extra; ++j) on_extra += w[r * (L + extra) + j];
       EXPECT_NEAR(on_extra, 1.0, 1e-6) << r;
-      if (!bias_kv) EXPECT_NEAR(w[r * (L + extra) + L], 1.0, 1e-6) << r;
+      if (!bias_kv) {
+        EXPECT_NEAR(w[r * (L + extra) + L], 1.0, 1e-6) << r;
+      }
     }
   }
 }
