@@ -73,7 +73,8 @@ const std::vector<Variant>& variants() {
       {"sinks", [](Case& c) { c.sinks = true; }},
       {"sinks_causal", [](Case& c) { c.sinks = true, c.causal = CausalAlign::kTopLeft; }},
       {"dropout", [](Case& c) { c.dropout_p = 0.3f; }},
-      {"dropout_causal_mask", [](Case& c) { c.dropout_p = 0.2f, c.causal = CausalAlign::kBottomRight, c.mask = Broadcast::kQueryKey; }},
+      {"dropout_causal_mask",
+       [](Case& c) { c.dropout_p = 0.2f, c.causal = CausalAlign::kBottomRight, c.mask = Broadcast::kQueryKey; }},
       {"varlen", [](Case& c) {
          c.varlen_q = {5, 40, 1, 17}, c.varlen_k = {9, 3, 70, 3};
          c.B = 1, c.Lq = 63, c.Lk = 85, c.probs = false;
@@ -88,9 +89,12 @@ const std::vector<Variant>& variants() {
       {"extra_1", [](Case& c) { c.extra_keys = 1, c.causal = CausalAlign::kTopLeft, c.key_padding = true; }},
       // Decode shapes: a few queries, many keys (1100 keys: split into chunks when heads are few).
       {"decode", [](Case& c) { c.Lq = 1, c.Lk = 300, c.causal = CausalAlign::kBottomRight; }},
-      {"decode_splits", [](Case& c) { c.Lq = 3, c.Lk = 1100, c.Hkv = 1, c.B = 1, c.key_padding = true, c.alibi = true; }},
-      {"decode_splits_bias", [](Case& c) { c.Lq = 2, c.Lk = 1100, c.B = 1, c.bias = Broadcast::kFull, c.extra_keys = 2; }},
-      {"bf16", [](Case& c) { c.dtype = DType::kBF16, c.causal = CausalAlign::kBottomRight, c.bias = Broadcast::kFull; }},
+      {"decode_splits",
+       [](Case& c) { c.Lq = 3, c.Lk = 1100, c.Hkv = 1, c.B = 1, c.key_padding = true, c.alibi = true; }},
+      {"decode_splits_bias",
+       [](Case& c) { c.Lq = 2, c.Lk = 1100, c.B = 1, c.bias = Broadcast::kFull, c.extra_keys = 2; }},
+      {"bf16",
+       [](Case& c) { c.dtype = DType::kBF16, c.causal = CausalAlign::kBottomRight, c.bias = Broadcast::kFull; }},
       {"bf16_full_tiles", [](Case& c) { c.dtype = DType::kBF16, c.D = 64, c.Lk = 192, c.extra_keys = 64; }},
       {"f32_full_tiles", [](Case& c) { c.D = 32, c.Lk = 192, c.extra_keys = 64, c.causal = CausalAlign::kTopLeft; }},
       {"strided", [](Case& c) { c.layout = Layout::kPadded, c.key_padding = true, c.causal = CausalAlign::kTopLeft; }},
@@ -263,7 +267,8 @@ TEST(ExtraKeys, EqualsTheMaterialisedMaskAndBias) {
   const Setup setups[] = {
       {"causal_keypad", [](Case& c) { c.causal = CausalAlign::kBottomRight, c.key_padding = true; }},
       {"window_alibi", [](Case& c) { c.window = {4, 1}, c.alibi = true; }},
-      {"mask_bias_dropout", [](Case& c) { c.mask = Broadcast::kBatchKey, c.bias = Broadcast::kFull, c.dropout_p = 0.25f; }},
+      {"mask_bias_dropout",
+       [](Case& c) { c.mask = Broadcast::kBatchKey, c.bias = Broadcast::kFull, c.dropout_p = 0.25f; }},
       {"topleft_sinks_softcap", [](Case& c) { c.causal = CausalAlign::kTopLeft, c.sinks = true, c.softcap = 3.0f; }},
       {"decode_alibi_keypad", [](Case& c) { c.Lq = 1, c.alibi = true, c.key_padding = true, c.extra_keys = 2; }},
   };

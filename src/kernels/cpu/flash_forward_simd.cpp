@@ -57,8 +57,9 @@ bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t
 void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                 int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w);
 
-// Keys [ja, jb) of an item on vdpbf16ps (then its extra keys): Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ over bf16 pairs. Full
-// K tiles are read where they lie; V is paired straight from its bf16 rows (exact).
+// Keys [ja, jb) of an item on vdpbf16ps, then its extra keys: Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ
+// over bf16 pairs. Full K tiles are read where they lie; V is paired straight from its
+// bf16 rows (exact).
 void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                            int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   const int64_t d2 = (p.D + 1) / 2;
@@ -106,9 +107,9 @@ void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan
 void tiles_f32(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w);
 
-// Keys [ja, jb) of an item (then its extra keys), tiled path: rows along vectors, Oᵀ in w.o. Full f32 tiles are
-// read where they lie (V only when no key can be masked for every row: see
-// zero_unattended_rows); others are packed.
+// Keys [ja, jb) of an item, then its extra keys, tiled path: rows along vectors, Oᵀ in
+// w.o. Full f32 tiles are read where they lie (V only when no key can be masked for every
+// row: see zero_unattended_rows); others are packed.
 void accumulate_tiled(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                       int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
