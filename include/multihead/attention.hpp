@@ -59,6 +59,12 @@ struct AttentionOptions {
   // lse and probs are those before dropout. 0 = off; must lie in [0, 1).
   float dropout_p = 0.0f;
   uint64_t dropout_seed = 0;
+  // The last extra_keys rows of k and v (of every sequence; varlen: of every packed
+  // sequence) are keys that every query sees: no causal, window, key padding, mask, bias
+  // or ALiBi applies to them (scale, softcap, sinks and dropout do). seqlens_k, the
+  // diagonal, mask and bias then describe the Lk - extra_keys input keys (mask and bias
+  // broadcast to (B, H, Lq, Lk - extra_keys)); probs cover all Lk keys. 0 = none.
+  int64_t extra_keys = 0;
 };
 
 // ---- Validation without tensors -------------------------------------------------------
@@ -75,10 +81,11 @@ struct AttentionShapes {
 // Throws the same multihead::Error those calls would (kind, tensor, dim, expected, got):
 // sizes (>= 0, D and Dv >= 1, Hkv divides H, element counts of q, k and v that fit in
 // int64), scalar options, cu_seqlens, mask, bias, seqlens_k, alibi_slopes and sinks
-// (layout, dtype, broadcast to (B, H, Lq, Lk)). return_probs: probs will be asked for
+// (layout, dtype, broadcast to (B, H, Lq, Lk - extra_keys)), extra_keys (in [0, Lk], and
+// at most every packed sequence's key length). return_probs: probs will be asked for
 // (Unsupported with cu_seqlens). It reads no element of q, k, v (there are none), mask
 // or bias; it does read the small option vectors whose values the contract constrains:
-// seqlens_k (in [0, Lk]), cu_seqlens_q/k (0 first, non-decreasing, ending at Lq / Lk),
+// seqlens_k (in [0, Lk - extra_keys]), cu_seqlens_q/k (0 first, non-decreasing, ending at Lq / Lk),
 // alibi_slopes and sinks (finite). It writes nothing.
 void validate_attention(const AttentionShapes& shapes, const AttentionOptions& options, bool return_probs = false);
 // ---- end of validation without tensors ------------------------------------------------

@@ -31,6 +31,7 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
   AttentionParams p;
   p.B = s.B, p.Lq = s.Lq, p.Lk = s.Lk, p.H = s.H, p.Hkv = s.Hkv, p.D = s.D, p.Dv = s.Dv;
   p.group = s.Hkv > 0 ? s.H / s.Hkv : 1;
+  p.extra_keys = s.extra_keys;
   p.q = activation(q), p.k = activation(k), p.v = activation(v);
   p.scale = o.scale ? *o.scale : 1.0f / std::sqrt(float(s.D));
   p.softcap = o.softcap;
@@ -59,12 +60,16 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
       span.q_begin = i32_at(*o.cu_seqlens_q, b);
       span.q_len = i32_at(*o.cu_seqlens_q, b + 1) - span.q_begin;
       span.k_begin = i32_at(*o.cu_seqlens_k, b);
-      span.k_len = i32_at(*o.cu_seqlens_k, b + 1) - span.k_begin;
+      span.k_len = i32_at(*o.cu_seqlens_k, b + 1) - span.k_begin - s.extra_keys;
+      span.k_extra_begin = span.k_len;
     } else {
       span.batch = b;
       span.q_len = s.Lq;
-      span.k_len = o.seqlens_k ? i32_at(*o.seqlens_k, b) : s.Lk;
+      span.k_len = o.seqlens_k ? i32_at(*o.seqlens_k, b) : s.Lk - s.extra_keys;
+      span.k_extra_begin = s.Lk - s.extra_keys;  // after the padding gap
     }
+    span.k_extra = s.extra_keys;
+    // The diagonal comes from the input keys: extra keys never shift it.
     span.kv_offset = top_left ? 0 : span.k_len - span.q_len;
   }
 
@@ -106,7 +111,8 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
   // keys into chunks of >= kSplitKeys, fixed by shape (never by thread count, so the bits
   // do not depend on it; nor by Hkv, so GQA and MHA split alike).
   int64_t max_q = 0, max_k = 0;
-  for (const SequenceSpan& span : p.seqs) max_q = std::max(max_q, span.q_len), max_k = std::max(max_k, span.k_len);
+  for (const SequenceSpan& span : p.seqs)
+    max_q = std::max(max_q, span.q_len), max_k = std::max(max_k, span.k_len + span.k_extra);
   p.decode = max_q <= kDecodeQueries;
   if (p.decode && s.num_seqs * s.H < kSplitBelowHeads)
     p.kv_splits = std::clamp<int64_t>(max_k / kSplitKeys, 1, kMaxSplits);
@@ -133,13 +139,17 @@ BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, c
   g.dout = activation(dout);
   g.dq = activation(grads.dq), g.dk = activation(grads.dk), g.dv = activation(grads.dv);
   // dk/dv items cover every key row of each sequence's k tensor range (padding included:
-  // padded keys get zero gradients).
+  // padded keys get zero gradients). Extra keys get items of their own after the input
+  // keys' (an item never straddles k_extra_begin): the kernels run those on extra_span.
   for (size_t b = 0; b < p.seqs.size(); ++b) {
-    const int64_t rows = o.cu_seqlens_k ? p.seqs[b].k_len : p.Lk;
+    const SequenceSpan& span = p.seqs[b];
+    const int64_t rows = span.k_extra_begin, extra_end = span.k_extra_begin + span.k_extra;
     for (int64_t h = 0; h < p.Hkv; ++h) {
       g.kv_item_first.push_back(int64_t(g.kv_items.size()));
       for (int64_t j0 = 0; j0 < rows; j0 += p.tile_k)
         g.kv_items.push_back({int32_t(b), int32_t(h), j0, std::min(j0 + p.tile_k, rows)});
+      for (int64_t j0 = rows; j0 < extra_end; j0 += p.tile_k)
+        g.kv_items.push_back({int32_t(b), int32_t(h), j0, std::min(j0 + p.tile_k, extra_end)});
     }
   }
   g.kv_item_first.push_back(int64_t(g.kv_items.size()));

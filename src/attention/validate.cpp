@@ -128,18 +128,20 @@ void check_disjoint(const Named& out, const Named& other) {
          "overlapping memory");
 }
 
-// numpy-style broadcast of a rank <= 4 view to (B, H, Lq, Lk).
-void check_broadcast(const Named& t, const Shape& target) {
+// numpy-style broadcast of a rank <= 4 view to (B, H, Lq, Lk) (Lk - extra_keys with extra keys).
+void check_broadcast(const Named& t, const Shape& target, bool extra) {
   const TensorView& v = t.view;
+  const char* target_name = extra ? "(B, H, Lq, Lk - extra_keys)" : "(B, H, Lq, Lk)";
   if (v.rank > 4)
-    fail(ErrorKind::kInvalidMask, t.name, "rank", "<= 4 (broadcast to (B, H, Lq, Lk))", to_string(v.rank));
+    fail(ErrorKind::kInvalidMask, t.name, "rank", std::string("<= 4 (broadcast to ") + target_name + ")",
+         to_string(v.rank));
   static const char* kLetters[4] = {"B", "H", "Lq", "Lk"};
   for (int d = 0; d < v.rank; ++d) {
     const int td = 4 - v.rank + d;
     if (v.shape[d] != 1 && v.shape[d] != target[td])
-      fail(ErrorKind::kInvalidMask, t.name, dim_label(d, kLetters[td]),
-           "1 or " + to_string(target[td]) + " (broadcast to (B, H, Lq, Lk) = (" + to_string(target[0]) + ", " +
-               to_string(target[1]) + ", " + to_string(target[2]) + ", " + to_string(target[3]) + "))",
+      fail(ErrorKind::kInvalidMask, t.name, dim_label(d, td == 3 && extra ? "Lk - extra_keys" : kLetters[td]),
+           "1 or " + to_string(target[td]) + " (broadcast to " + target_name + " = (" + to_string(target[0]) +
+               ", " + to_string(target[1]) + ", " + to_string(target[2]) + ", " + to_string(target[3]) + "))",
            to_string(v.shape[d]));
   }
 }
@@ -236,6 +238,13 @@ ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOpti
   if (o.window.right < -1)
     fail(ErrorKind::kInvalidArgument, "options.window", "right", ">= -1 (-1 = unbounded)", to_string(o.window.right));
 
+  if (o.extra_keys < 0)
+    fail(ErrorKind::kInvalidArgument, "options.extra_keys", "", ">= 0", to_string(o.extra_keys));
+  if (o.extra_keys > s.Lk)
+    fail(ErrorKind::kInvalidShape, "k", dim_label(1, "Lk"), ">= extra_keys = " + to_string(o.extra_keys),
+         to_string(s.Lk));
+  s.extra_keys = o.extra_keys;
+
   s.varlen = o.cu_seqlens_q.has_value() || o.cu_seqlens_k.has_value();
   s.num_seqs = s.B;
   if (s.varlen) {
@@ -248,33 +257,46 @@ ProblemSizes validate_problem(const AttentionShapes& shapes, const AttentionOpti
     if (ck.view.shape[0] != cq.view.shape[0])
       fail(ErrorKind::kInvalidShape, "cu_seqlens_k", "dim 0 (nseq+1)", to_string(cq.view.shape[0]) + " (cu_seqlens_q's)", to_string(ck.view.shape[0]));
     s.num_seqs = cq.view.shape[0] - 1;
+    // Every packed sequence ends with its extra keys.
+    for (int64_t q = 1; q < ck.view.shape[0] && o.extra_keys > 0; ++q) {
+      const int64_t len = int64_t(i32_at(ck.view, q)) - i32_at(ck.view, q - 1);
+      if (len < o.extra_keys)
+        fail(ErrorKind::kInvalidShape, "cu_seqlens_k", "element " + to_string(q),
+             ">= " + to_string(i32_at(ck.view, q - 1)) + " + extra_keys = " +
+                 to_string(i32_at(ck.view, q - 1) + o.extra_keys) + " (sequence " + to_string(q - 1) +
+                 " holds its extra keys)",
+             to_string(i32_at(ck.view, q)));
+    }
     if (o.mask) fail(ErrorKind::kUnsupported, "mask", "", "no mask with cu_seqlens (packed varlen)", "a mask");
     if (o.bias) fail(ErrorKind::kUnsupported, "bias", "", "no bias with cu_seqlens (packed varlen)", "a bias");
     if (o.seqlens_k) fail(ErrorKind::kUnsupported, "seqlens_k", "", "no seqlens_k with cu_seqlens (lengths come from cu_seqlens_k)", "seqlens_k");
     if (wants_probs) fail(ErrorKind::kUnsupported, "probs", "", "no probs with cu_seqlens (packed varlen)", "probs requested");
   }
-  const Shape target{s.B, s.H, s.Lq, s.Lk};
+  const int64_t lk_in = s.Lk - o.extra_keys;  // input keys: what mask, bias and seqlens_k describe
+  const bool extra = o.extra_keys > 0;
+  const Shape target{s.B, s.H, s.Lq, lk_in};
   if (o.mask) {
     const Named m{*o.mask, "mask", {}};
     check_layout(m);
     if (m.view.dtype != DType::kBool)
       fail(ErrorKind::kInvalidMask, "mask", "dtype", "bool (true = may attend)", to_string(m.view.dtype));
-    check_broadcast(m, target);
+    check_broadcast(m, target, extra);
   }
   if (o.bias) {
     const Named b{*o.bias, "bias", {}};
     check_layout(b);
     if (!is_floating(b.view.dtype))
       fail(ErrorKind::kInvalidMask, "bias", "dtype", "float32, bfloat16 or float16", to_string(b.view.dtype));
-    check_broadcast(b, target);
+    check_broadcast(b, target, extra);
   }
   if (o.seqlens_k) {
     const Named t{*o.seqlens_k, "seqlens_k", {"B"}};
     check_vector(t, DType::kI32, s.B);
     for (int64_t b = 0; b < s.B; ++b) {
       const int32_t len = i32_at(t.view, b);
-      if (len < 0 || len > s.Lk)
-        fail(ErrorKind::kInvalidArgument, "seqlens_k", "element " + to_string(b), "in [0, " + to_string(s.Lk) + "] (Lk)", to_string(len));
+      if (len < 0 || len > lk_in)
+        fail(ErrorKind::kInvalidArgument, "seqlens_k", "element " + to_string(b),
+             "in [0, " + to_string(lk_in) + "] (" + (extra ? "Lk - extra_keys" : "Lk") + ")", to_string(len));
     }
   }
   if (o.alibi_slopes) {

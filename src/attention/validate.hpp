@@ -12,6 +12,7 @@ struct ProblemSizes {
   int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
   bool varlen = false;
   int64_t num_seqs = 0;  // B, or the number of packed sequences
+  int64_t extra_keys = 0;  // AttentionOptions::extra_keys (validated: in [0, every key length])
 };
 
 // The shapes and every option, without tensors: the one place for those rules.

@@ -75,9 +75,30 @@ struct SequenceSpan {
   int64_t q_begin = 0;    // first row of this sequence along Lq (0 unless varlen)
   int64_t q_len = 0;      // Lq_b
   int64_t k_begin = 0;    // first row along Lk (0 unless varlen)
-  int64_t k_len = 0;      // Lk_b after key padding
+  int64_t k_len = 0;      // Lk_b: input keys after key padding (extra keys not counted)
   int64_t kv_offset = 0;  // diagonal: query i is aligned with key i + kv_offset
+  // Extra keys (AttentionOptions::extra_keys): rows [k_extra_begin, k_extra_begin + k_extra)
+  // (sequence-local) that every query sees. Kernels run them as extra_span(*this).
+  int64_t k_extra_begin = 0;
+  int64_t k_extra = 0;
+  // Set only on the view extra_span returns: every query sees every key [0, k_len), and
+  // only the score transforms (scale, softcap) apply: no window, mask, bias or ALiBi.
+  bool unmasked = false;
 };
+
+// The extra keys of a sequence as a sequence of their own: keys [0, k_extra) are rows
+// k_extra_begin.. of the sequence, so loads, dropout hashes and dk/dv stores (which all
+// address k rows as k_begin + j) reach the right rows. Queries are unchanged.
+inline SequenceSpan extra_span(const SequenceSpan& s) {
+  SequenceSpan e = s;
+  e.k_begin = s.k_begin + s.k_extra_begin;
+  e.k_len = s.k_extra;
+  e.kv_offset = 0;
+  e.k_extra_begin = 0;
+  e.k_extra = 0;
+  e.unmasked = true;
+  return e;
+}
 
 // A block of rows of one sequence and one head: the unit of parallel work. For the
 // forward and dq passes `head` is a query head and [begin, end) query rows; for the
@@ -95,6 +116,7 @@ struct KernelOperands {
   // Sizes in docs/CONTRACT.md letters. Lq/Lk are the tensors' dims (total rows when varlen).
   int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
   int64_t group = 1;  // H / Hkv: query heads per key/value head
+  int64_t extra_keys = 0;  // AttentionOptions::extra_keys: mask/bias/dbias cover Lk - extra_keys keys
   Activation q, k, v;  // inputs, one float dtype
   std::vector<SequenceSpan> seqs;
 };

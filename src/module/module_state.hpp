@@ -124,10 +124,10 @@ struct OptionBuffers {
   Scratch &mask, &bias, &seqlens, &alibi, &sinks;
 };
 
-// The functional API's options for one forward over Lk + extra keys, with owned copies
-// of every tensor (backward reuses them; the caller's may be gone).
-AttentionOptions lower_options(const AttentionOptions& user, OptionBuffers buf, int64_t B, int64_t H, int64_t Lq,
-                               int64_t Lk, int64_t extra);
+// The functional API's options for one forward over Lk + extra keys (the last extra rows
+// of k and v are its extra_keys), with owned copies of every tensor (backward reuses them;
+// the caller's may be gone).
+AttentionOptions lower_options(const AttentionOptions& user, OptionBuffers buf, int64_t extra);
 
 }  // namespace multihead::detail
 

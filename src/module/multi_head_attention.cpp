@@ -169,7 +169,7 @@ MhaOutput MultiHeadAttention::forward(const TensorView& query, const TensorView*
   s.k = view4(k_att, act, {B, Lke, d.Hkv, d.d}, {kv_bs, kv_ld, d.d, 1});
   s.v = view4(v_att, act, {B, Lke, d.Hkv, d.dv}, {kv_bs, kv_ld, d.dv, 1});
 
-  s.options = lower_options(user, OptionBuffers{s.mask, s.bias, s.seqlens, s.alibi, s.sinks}, B, d.H, Lq, Lk, extra);
+  s.options = lower_options(user, OptionBuffers{s.mask, s.bias, s.seqlens, s.alibi, s.sinks}, extra);
   if (options.training && c.dropout > 0.0f) {
     s.options.dropout_p = c.dropout;
     s.options.dropout_seed = detail::module_dropout_seed(c.seed, s.dropout_calls++);

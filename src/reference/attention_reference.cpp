@@ -125,8 +125,9 @@ struct Segment {
   int64_t b = 0;          // index into the batch dim of q, k, v (0 when packed)
   int64_t q0 = 0, lq = 0;  // query rows [q0, q0 + lq) of the tensor
   int64_t k0 = 0, lk = 0;  // key rows [k0, k0 + lk) of the tensor
-  int64_t lk_valid = 0;   // Lk_b: keys past it are padding
+  int64_t lk_valid = 0;   // Lk_b: input keys past it are padding
   int64_t kv_offset = 0;  // query i is aligned with key i + kv_offset
+  int64_t extra0 = 0;     // keys [extra0, lk) are extra keys (options.extra_keys): every query sees them
 };
 
 // The inputs of one call, converted, with the per-row score computation.
@@ -148,9 +149,12 @@ class Problem {
     group = H / Hkv;
     scale_ = options.scale ? Acc(*options.scale) : Acc(1) / std::sqrt(Acc(D));
     softcap_ = Acc(options.softcap);
-    if (options.mask) mask_ = Broadcast(*options.mask, {B, H, Lq, Lk}, "mask");
+    require(options.extra_keys >= 0 && options.extra_keys <= Lk, ErrorKind::kInvalidArgument,
+            "options.extra_keys", "", "in [0, Lk]", std::to_string(options.extra_keys));
+    // Mask and bias describe the input keys only (extra keys: mask true, bias 0).
+    if (options.mask) mask_ = Broadcast(*options.mask, {B, H, Lq, Lk - options.extra_keys}, "mask");
     if (options.bias) {
-      bias_ = Broadcast(*options.bias, {B, H, Lq, Lk}, "bias");
+      bias_ = Broadcast(*options.bias, {B, H, Lq, Lk - options.extra_keys}, "bias");
       bias_masked_at_ = detail::lowest_finite(options.bias->dtype);  // at or below: masked
     }
     if (options.alibi_slopes) slopes_ = per_head(*options.alibi_slopes, "alibi_slopes");
@@ -194,16 +198,17 @@ class Problem {
     for (int64_t j = 0; j < s.lk; ++j) {
       p[j] = kNegInf;  // holds the score until the normalisation below
       s_raw[j] = 0;
-      if (!visible(s, h, i, j)) continue;
+      const bool extra = j >= s.extra0;  // an extra key: allowed, no bias, no ALiBi
+      if (!extra && !visible(s, h, i, j)) continue;
       double bias = 0;
-      if (opt_.bias) {
+      if (opt_.bias && !extra) {
         bias = read_float(*opt_.bias, bias_.offset(s.b, h, i, j));
         if (bias <= bias_masked_at_) continue;
       }
       s_raw[j] = scale_ * dot(q_row(s, h, i), k_row(s, g, j), D);
       Acc score = softcap_ > 0 ? softcap_ * std::tanh(s_raw[j] / softcap_) : s_raw[j];
       score += Acc(bias);
-      if (!slopes_.empty()) score -= slopes_[size_t(h)] * Acc(std::abs(j - diag));
+      if (!slopes_.empty() && !extra) score -= slopes_[size_t(h)] * Acc(std::abs(j - diag));
       p[j] = score;
       m = std::max(m, score);
     }
@@ -277,10 +282,12 @@ class Problem {
     return static_cast<const int32_t*>(t.data)[index * t.strides[0]];
   }
 
+  // lk: every key row of the segment, its extra keys last; lk_valid: its input keys after
+  // padding (the diagonal's length).
   void add_segment(int64_t b, int64_t q0, int64_t lq, int64_t k0, int64_t lk, int64_t lk_valid) {
     const bool top_left = opt_.causal == CausalAlign::kTopLeft;
     // ALiBi without causal and window uses the bottom-right diagonal as windows do.
-    segments.push_back({b, q0, lq, k0, lk, lk_valid, top_left ? 0 : lk_valid - lq});
+    segments.push_back({b, q0, lq, k0, lk, lk_valid, top_left ? 0 : lk_valid - lq, lk - opt_.extra_keys});
   }
 
   void build_segments() {
@@ -300,19 +307,22 @@ class Problem {
         const int64_t k0 = read_i32(ck, s), k1 = read_i32(ck, s + 1);
         require(q1 >= q0 && k1 >= k0, ErrorKind::kInvalidArgument, "cu_seqlens_q/k",
                 "entry " + std::to_string(s + 1), "non-decreasing", "decreasing");
-        add_segment(0, q0, q1 - q0, k0, k1 - k0, k1 - k0);
+        require(k1 - k0 >= opt_.extra_keys, ErrorKind::kInvalidShape, "cu_seqlens_k", "entry " + std::to_string(s + 1),
+                ">= extra_keys keys per sequence", std::to_string(k1 - k0));
+        add_segment(0, q0, q1 - q0, k0, k1 - k0, k1 - k0 - opt_.extra_keys);
       }
       return;
     }
     for (int64_t b = 0; b < B; ++b) {
-      int64_t lk_valid = Lk;
+      int64_t lk_valid = Lk - opt_.extra_keys;
       if (opt_.seqlens_k) {
         const TensorView& sk = *opt_.seqlens_k;
         require(sk.dtype == DType::kI32 && sk.rank == 1 && sk.shape[0] == B, ErrorKind::kInvalidArgument,
                 "seqlens_k", "shape", "i32 (" + std::to_string(B) + ",)", sk.shape_string());
         lk_valid = read_i32(sk, b);
-        require(lk_valid >= 0 && lk_valid <= Lk, ErrorKind::kInvalidArgument, "seqlens_k",
-                "entry " + std::to_string(b), "in [0, " + std::to_string(Lk) + "]", std::to_string(lk_valid));
+        require(lk_valid >= 0 && lk_valid <= Lk - opt_.extra_keys, ErrorKind::kInvalidArgument, "seqlens_k",
+                "entry " + std::to_string(b), "in [0, " + std::to_string(Lk - opt_.extra_keys) + "] (Lk - extra_keys)",
+                std::to_string(lk_valid));
       }
       add_segment(b, 0, Lq, 0, Lk, lk_valid);
     }
@@ -408,7 +418,7 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
             const double a = double(pj) * double(z) * double(dp0);
             row_l1 += std::abs(a), row_l2 += a * a;
           }
-          if (pb.has_bias()) ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
+          if (pb.has_bias() && j < s.extra0) ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
           Acc dSc = dS;
           if (pb.softcap() > 0) {
             const Acc t = std::tanh(s_raw[size_t(j)] / pb.softcap());
@@ -445,7 +455,7 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < Lq; ++i)
-          for (int64_t j = 0; j < Lk; ++j)
+          for (int64_t j = 0; j < Lk - options.extra_keys; ++j)  // no extra columns
             dbias[size_t(map.dense(b, h, i, j))] += ds_grid[size_t(((b * H + h) * Lq + i) * Lk + j)];
     std::copy(dbias.begin(), dbias.end(), r.dbias.begin());
   }

@@ -42,6 +42,7 @@ constexpr KindName kKindNames[] = {
     {CaseKind::kBf16, "bf16"},
     {CaseKind::kDropout, "dropout"},
     {CaseKind::kMixed, "mixed"},
+    {CaseKind::kExtraKeys, "extra_keys"},
 };
 
 const char* causal_name(CausalAlign causal) {
@@ -140,6 +141,7 @@ std::string Case::describe() const {
   if (softcap > 0) s << " softcap=" << softcap;
   if (dropout_p > 0) s << " dropout=" << dropout_p;
   if (sinks) s << " sinks";
+  if (extra_keys > 0) s << " extra_keys=" << extra_keys;
   if (layout != Layout::kContiguous) s << " layout=" << to_string(layout);
   if (empty_rows) s << " empty_rows";
   if (probs) s << " probs";
@@ -177,6 +179,7 @@ std::string Case::name() const {
   if (softcap > 0) s << "_softcap";
   if (dropout_p > 0) s << "_dropout";
   if (sinks) s << "_sinks";
+  if (extra_keys > 0) s << "_extra" << extra_keys;
   if (layout == Layout::kPadded) s << "_padded";
   if (layout == Layout::kHeadMajor) s << "_headmajor";
   if (empty_rows) s << "_emptyrows";
@@ -247,14 +250,16 @@ void fill_normal(const TensorView& t, std::mt19937_64& rng) {
 }
 
 // The rank and shape of a mask or bias of the given broadcast kind.
+// Its key dim covers the input keys: Lk - extra_keys.
 std::pair<int, Shape> broadcast_shape(Broadcast b, const Case& c) {
+  const int64_t lk = c.Lk - c.extra_keys;
   switch (b) {
-    case Broadcast::kFull: return {4, Shape{c.B, c.H, c.Lq, c.Lk}};
-    case Broadcast::kQueryKey: return {4, Shape{1, 1, c.Lq, c.Lk}};
-    case Broadcast::kBatchKey: return {4, Shape{c.B, 1, 1, c.Lk}};
-    case Broadcast::kHeadQueryKey: return {4, Shape{1, c.H, c.Lq, c.Lk}};
-    case Broadcast::kBatchHeadKey: return {4, Shape{c.B, c.H, 1, c.Lk}};
-    case Broadcast::kRank2: return {2, Shape{c.Lq, c.Lk, 0, 0}};
+    case Broadcast::kFull: return {4, Shape{c.B, c.H, c.Lq, lk}};
+    case Broadcast::kQueryKey: return {4, Shape{1, 1, c.Lq, lk}};
+    case Broadcast::kBatchKey: return {4, Shape{c.B, 1, 1, lk}};
+    case Broadcast::kHeadQueryKey: return {4, Shape{1, c.H, c.Lq, lk}};
+    case Broadcast::kBatchHeadKey: return {4, Shape{c.B, c.H, 1, lk}};
+    case Broadcast::kRank2: return {2, Shape{c.Lq, lk, 0, 0}};
     case Broadcast::kNone: break;
   }
   return {0, Shape{}};
@@ -336,6 +341,7 @@ CaseInputs materialize(const Case& c) {
   o.softcap = c.softcap;
   o.dropout_p = c.dropout_p;
   o.dropout_seed = c.seed;
+  o.extra_keys = c.extra_keys;
 
   if (c.mask != Broadcast::kNone) {
     const auto [rank, shape] = broadcast_shape(c.mask, c);
@@ -363,8 +369,9 @@ CaseInputs materialize(const Case& c) {
   if (c.key_padding) {
     in.seqlens_k = Tensor::empty(DType::kI32, {c.B});
     int32_t* s = in.seqlens_k.data_as<int32_t>();
+    const int64_t lk = c.Lk - c.extra_keys;  // input keys
     for (int64_t b = 0; b < c.B; ++b)
-      s[b] = int32_t(chance(rng, 0.2) || c.Lk == 0 ? c.Lk : uniform(rng, 1, c.Lk));
+      s[b] = int32_t(chance(rng, 0.2) || lk == 0 ? lk : uniform(rng, 1, lk));
     if (c.empty_rows && c.B > 0) s[0] = 0;
     o.seqlens_k = in.seqlens_k.view();
   }
@@ -583,8 +590,29 @@ Case draw_case(CaseKind kind, std::mt19937_64& rng) {
       if (chance(rng, 0.3)) add_gqa(c, rng);
       break;
     case CaseKind::kMixed: add_mixed(c, rng); break;
+    case CaseKind::kExtraKeys:
+      add_mixed(c, rng);
+      // Every sequence holds at least one key, to have one to make extra.
+      c.Lk = 0;
+      for (int64_t& lk : c.varlen_k) c.Lk += lk = std::max<int64_t>(lk, 1);
+      if (!c.varlen()) c.Lk = draw_length(rng);
+      break;
   }
   return c;
+}
+
+// extra_keys of the extra_keys kind (everything of mixed, plus extra keys), from the
+// case's seed alone. Older kinds never draw it: their recorded seeds (regression tests,
+// printed `multihead check` failures) replay the same cases. Extra keys are the last rows
+// of the keys already drawn, so the sizes, and the cost, do not change.
+void add_extra_keys(Case& c) {
+  c.extra_keys = 0;
+  if (c.kind != CaseKind::kExtraKeys) return;
+  std::mt19937_64 rng(c.seed ^ 0xe87a'0000'6b65'7973ull);
+  int64_t max_n = c.Lk;
+  for (int64_t lk : c.varlen_k) max_n = std::min(max_n, lk);
+  if (max_n < 1) return;
+  c.extra_keys = std::min(max_n, pick<int64_t>(rng, {1, 1, 2, 3, 65, uniform(rng, 1, max_n), max_n}));
 }
 
 }  // namespace
@@ -595,6 +623,7 @@ Case random_case(CaseKind kind, std::mt19937_64& rng) {
     Case c = draw_case(kind, rng);
     if (c.cost() <= kMaxRandomCost) {
       c.seed = rng();
+      add_extra_keys(c);
       return c;
     }
   }
@@ -604,6 +633,7 @@ Case case_from_seed(CaseKind kind, uint64_t seed) {
   std::mt19937_64 rng(seed);
   Case c = random_case(kind, rng);
   c.seed = seed;
+  add_extra_keys(c);  // from the seed it now has
   return c;
 }
 

@@ -38,6 +38,7 @@ enum class CaseKind {
   kBf16,
   kDropout,
   kMixed,  // several options at once, randomly composed
+  kExtraKeys,  // extra keys (options.extra_keys) with several other options at once
 };
 
 const std::vector<CaseKind>& all_case_kinds();
@@ -81,6 +82,9 @@ struct Case {
   float softcap = 0.0f;
   float dropout_p = 0.0f;  // with dropout_seed = seed
   bool sinks = false;
+  // The last extra_keys rows of k/v (of each packed sequence) are extra keys; Lk (and
+  // varlen_k) count them, mask/bias/seqlens_k describe the Lk - extra_keys input keys.
+  int64_t extra_keys = 0;
   Layout layout = Layout::kContiguous;
   // Force some rows to have no allowed key through every masking input present:
   // mask or bias rows (-inf), seqlens_k[0] = 0.

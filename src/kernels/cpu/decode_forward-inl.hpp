@@ -144,6 +144,12 @@ void accumulate_decode_typed(const AttentionParams& p, const TileShape& t, const
   std::fill_n(w.o, p.group * n * t.dv_vec, 0.0f);
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK)
     decode_tile<T>(p, t, s, hkv, i0, n, j0, std::min(kTileK, jb - j0), jb, w.q, {w.m, w.l, w.o, t.dv_vec}, w);
+  // The extra keys after the input keys (extra_span: every row sees them, softcap only):
+  //   m, l, O over j in [ja, jb) ∪ [k_extra_begin, k_extra_begin + k_extra)
+  const SequenceSpan es = extra_span(s);
+  for (int64_t j0 = 0; j0 < s.k_extra; j0 += kTileK)
+    decode_tile<T>(p, t, es, hkv, i0, n, j0, std::min(kTileK, s.k_extra - j0), s.k_extra, w.q,
+                   {w.m, w.l, w.o, t.dv_vec}, w);
 }
 
 void accumulate_decode(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
@@ -219,6 +225,17 @@ void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t,
     streamed ^= stream_tile<T>(p, s, j0, nk);
     for (int64_t h = 0; h < p.Hkv; ++h)
       decode_tile<T>(p, t, s, h, item.begin, n, j0, nk, keys.hi, w.q_heads + h * rows * t.d_vec, state(h), w);
+  }
+  // The extra keys belong to the last chunk, after its input keys:
+  //   m, l, O of the last split over its keys ∪ [k_extra_begin, k_extra_begin + k_extra)
+  if (chunk == p.kv_splits - 1 && s.k_extra > 0) {
+    const SequenceSpan es = extra_span(s);
+    for (int64_t j0 = 0; j0 < s.k_extra; j0 += kTileK) {
+      const int64_t nk = std::min(kTileK, s.k_extra - j0);
+      streamed ^= stream_tile<T>(p, es, j0, nk);
+      for (int64_t h = 0; h < p.Hkv; ++h)
+        decode_tile<T>(p, t, es, h, item.begin, n, j0, nk, s.k_extra, w.q_heads + h * rows * t.d_vec, state(h), w);
+    }
   }
   std::memcpy(w.row, &streamed, sizeof(streamed));  // keeps the streaming loads
 }

@@ -129,8 +129,13 @@ void row_dot_do_o(const AttentionParams& p, const BackwardParams& g, float* dsum
 
 void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const float* dsum, const WorkItem& item,
                 const BackwardScratch& w) {
-  const SequenceSpan& s = p.seqs[item.seq];
-  const int64_t hkv = item.head, j0 = item.begin, n_out = item.end - item.begin;
+  // Items of extra keys (plan_backward: never straddling k_extra_begin) run on the
+  // sequence's extra_span, where every query sees every key:
+  //   dv_j = Σ_i P_ij Z_ij dout_i,  dk_j = scale Σ_i dS'_ij q_i   over all rows i
+  const SequenceSpan& seq = p.seqs[item.seq];
+  const bool extra = seq.k_extra > 0 && item.begin >= seq.k_extra_begin;
+  const SequenceSpan s = extra ? extra_span(seq) : seq;
+  const int64_t hkv = item.head, j0 = item.begin - (extra ? seq.k_extra_begin : 0), n_out = item.end - item.begin;
   // Keys past k_len (key padding) are never attended: their gradients are zero.
   const int64_t nk = std::clamp<int64_t>(s.k_len - j0, 0, n_out);
   float* dk = w.acc_a;  // n_out x D
@@ -181,24 +186,29 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const float* dsu
   float* dq = w.acc_a;  // n x D
   std::fill_n(dq, n * p.D, 0.0f);
   load_query_side(p, g, dsum, s, h, i0, n, w);
-  const int64_t j_begin = key_range(p, s, i0).lo, j_end = key_range(p, s, i0 + n - 1).hi;
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += p.tile_k) {
-    const int64_t nk = std::min(p.tile_k, j_end - j0);
-    load_transposed(p.k, s, hkv, j0, nk, p.D, w.row, w.k_t);
-    load_rows(p.k, s, hkv, j0, nk, p.D, w.k_rows);
-    load_transposed(p.v, s, hkv, j0, nk, p.Dv, w.row, w.v_t);
-    probs_and_dscores(p, s, h, i0, n, j0, nk, w, nullptr);
-    // dQ[r, :] += dS'[r, c] · K[c, :]   (scale applied once at the end)
-    for (int64_t r = 0; r < n; ++r) {
-      float* dqrow = dq + r * p.D;
-      const float* dsrow = w.dS + r * nk;
-      for (int64_t c = 0; c < nk; ++c) {
-        if (dsrow[c] == 0.0f) continue;
-        const float* krow = w.k_rows + c * p.D;
-        for (int64_t d = 0; d < p.D; ++d) dqrow[d] += dsrow[c] * krow[d];
+  // Keys [j_begin, j_end) of span span: the input keys, then the extra keys on extra_span
+  // (dq_i = scale Σ_j dS'_ij k_j over both).
+  const auto keys = [&](const SequenceSpan& span, int64_t j_begin, int64_t j_end) {
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += p.tile_k) {
+      const int64_t nk = std::min(p.tile_k, j_end - j0);
+      load_transposed(p.k, span, hkv, j0, nk, p.D, w.row, w.k_t);
+      load_rows(p.k, span, hkv, j0, nk, p.D, w.k_rows);
+      load_transposed(p.v, span, hkv, j0, nk, p.Dv, w.row, w.v_t);
+      probs_and_dscores(p, span, h, i0, n, j0, nk, w, nullptr);
+      // dQ[r, :] += dS'[r, c] · K[c, :]   (scale applied once at the end)
+      for (int64_t r = 0; r < n; ++r) {
+        float* dqrow = dq + r * p.D;
+        const float* dsrow = w.dS + r * nk;
+        for (int64_t c = 0; c < nk; ++c) {
+          if (dsrow[c] == 0.0f) continue;
+          const float* krow = w.k_rows + c * p.D;
+          for (int64_t d = 0; d < p.D; ++d) dqrow[d] += dsrow[c] * krow[d];
+        }
       }
     }
-  }
+  };
+  keys(s, key_range(p, s, i0).lo, key_range(p, s, i0 + n - 1).hi);
+  if (s.k_extra > 0) keys(extra_span(s), 0, s.k_extra);
   for (int64_t r = 0; r < n; ++r)
     store_row(g.dq.data, g.dq.dtype, s.batch * g.dq.stride_b + (s.q_begin + i0 + r) * g.dq.stride_l + h * g.dq.stride_h,
               p.D, dq + r * p.D, p.scale);
@@ -212,7 +222,7 @@ void dbias_item(const AttentionParams& p, const BackwardParams& g, const float* 
   const int64_t b_lo = g.dbias_reduce_b ? 0 : item.seq, b_hi = g.dbias_reduce_b ? p.B : item.seq + 1;
   const int64_t h_lo = g.dbias_reduce_h ? 0 : item.head, h_hi = g.dbias_reduce_h ? p.H : item.head + 1;
   const int64_t rows_out = g.dbias_reduce_i ? 1 : item.end - item.begin;
-  const int64_t cols_out = g.dbias_reduce_j ? 1 : p.Lk;
+  const int64_t cols_out = g.dbias_reduce_j ? 1 : p.Lk - p.extra_keys;  // dbias has no extra columns
   // This item owns its target block exclusively: zero it, then accumulate in place.
   for (int64_t r = 0; r < rows_out; ++r)
     for (int64_t c = 0; c < cols_out; ++c)

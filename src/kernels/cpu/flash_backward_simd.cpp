@@ -209,8 +209,13 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
 // block (up to its last row's reach), so the sums match dq_item's bit for bit.
 void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared,
                 const WorkItem& item, const BackwardTiles& w, bool with_dq) {
-  const SequenceSpan& s = p.seqs[size_t(item.seq)];
-  const int64_t hkv = item.head, j0 = item.begin, n_out = item.end - item.begin;
+  // Items of extra keys (plan_backward: never straddling k_extra_begin) run on the
+  // sequence's extra_span, where every query block sees every key:
+  //   dV_j = Σ_i (P ∘ Z)_ij dO_i,  dK_j = scale Σ_i dS'_ij Q_i   over all rows i
+  const SequenceSpan& seq = p.seqs[size_t(item.seq)];
+  const bool extra = seq.k_extra > 0 && item.begin >= seq.k_extra_begin;
+  const SequenceSpan s = extra ? extra_span(seq) : seq;
+  const int64_t hkv = item.head, j0 = item.begin - (extra ? seq.k_extra_begin : 0), n_out = item.end - item.begin;
   // Keys past k_len (key padding) are never attended: their gradients are zero.
   const int64_t nk = std::clamp<int64_t>(s.k_len - j0, 0, n_out);
   std::fill_n(w.dk, kTileK * t.d_vec, 0.0f);
@@ -276,15 +281,20 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
   const QuerySide qs = query_side(p, t, shared, index);
   std::fill_n(w.dq, t.rows_pad * t.d_vec, 0.0f);
-  const int64_t j_begin = first_tile(p, s, i0), j_end = key_range(p, s, i0 + n - 1).hi;
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
-    const int64_t nk = std::min(kTileK, j_end - j0);
-    const KeyTile kv = key_tile(p, s, t, hkv, j0, nk, w);
-    probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, kv, qs, w);
-    if (p.keys_maskable) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
-    // dQ += dS K   (scale applied once at the end)
-    outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
-  }
+  // Keys [j_begin, j_end) of span span: the input keys, then the extra keys on extra_span
+  // (in the order of the fused path's kv_items, so both give the same bits).
+  const auto keys = [&](const SequenceSpan& span, int64_t j_begin, int64_t j_end) {
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
+      const int64_t nk = std::min(kTileK, j_end - j0);
+      const KeyTile kv = key_tile(p, span, t, hkv, j0, nk, w);
+      probs_and_dscores(p, span, t, hkv, i0, n, j0, nk, kv, qs, w);
+      if (p.keys_maskable) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
+      // dQ += dS K   (scale applied once at the end)
+      outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
+    }
+  };
+  keys(s, first_tile(p, s, i0), key_range(p, s, i0 + n - 1).hi);
+  if (s.k_extra > 0) keys(extra_span(s), 0, s.k_extra);
   store_dq(p, g, t, s, hkv, i0, n, w.dq);
 }
 
@@ -294,14 +304,15 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
 // sources in one fixed order: batch, kv head, query block, key tile, row (head-major), key.
 // No atomics, so the bits depend on no thread count. dS comes from probs_and_dscores on
 // the forward's own scores (as dq_item), taken before the softcap's chain rule.
-// Not combined with varlen (validate.cpp), so sequence b is batch b.
+// Not combined with varlen (validate.cpp), so sequence b is batch b. Extra keys have no
+// bias: only the input keys' range is visited.
 void dbias_item(const AttentionParams& p, const BackwardParams& g, const TileShape& t, float* shared,
                 const WorkItem& item, const BackwardTiles& w) {
   const int64_t b_lo = g.dbias_reduce_b ? 0 : item.seq, b_hi = g.dbias_reduce_b ? int64_t(p.seqs.size()) : item.seq + 1;
   const int64_t hkv_lo = g.dbias_reduce_h ? 0 : item.head, hkv_hi = g.dbias_reduce_h ? p.Hkv : item.head + 1;
   const int64_t h_first = g.dbias_reduce_h ? 0 : item.head * p.group, heads_out = g.dbias_reduce_h ? 1 : p.group;
   const int64_t i_first = g.dbias_reduce_i ? 0 : item.begin, rows_out = g.dbias_reduce_i ? 1 : item.end - item.begin;
-  const int64_t cols_out = g.dbias_reduce_j ? 1 : p.Lk;
+  const int64_t cols_out = g.dbias_reduce_j ? 1 : p.Lk - p.extra_keys;  // dbias has no extra columns
   float* const block = g.dbias + item.seq * g.dbias_stride_b;  // item.seq is 0 when b is reduced
   const auto target = [&](int64_t h, int64_t i, int64_t j) -> float& {
     return block[h * g.dbias_stride_h + i * g.dbias_stride_i + j * g.dbias_stride_j];

@@ -36,17 +36,12 @@ ForwardScratch carve(const AttentionParams& p, float* base) {
   return s;
 }
 
-void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardScratch& w) {
-  const SequenceSpan& s = p.seqs[item.seq];
-  const int64_t h = item.head, hkv = h / p.group;
-  const int64_t i0 = item.begin, n = item.end - item.begin;
-  load_q_tile(p, s, h, i0, n, w.q_tile);
-  std::fill_n(w.m, n, kNegInf);
-  std::fill_n(w.l, n, 0.0f);
-  std::fill_n(w.acc, n * p.Dv, 0.0f);
-
-  const int64_t j_begin = key_range(p, s, i0).lo;
-  const int64_t j_end = key_range(p, s, i0 + n - 1).hi;
+// Keys [j_begin, j_end) of span s (a sequence, or its extra_span) for query rows
+// [i0, i0 + n) of head h, tile by tile, into the running m, l and acc of w:
+//   m' = max(m, max_j s);  l = l·e^(m - m') + Σ e^(s - m');  acc = acc·e^(m - m') + P·V
+void keys_online_softmax(const AttentionParams& p, const SequenceSpan& s, int64_t h, int64_t i0, int64_t n,
+                         int64_t j_begin, int64_t j_end, const ForwardScratch& w) {
+  const int64_t hkv = h / p.group;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += p.tile_k) {
     const int64_t nk = std::min(p.tile_k, j_end - j0);
     load_transposed(p.k, s, hkv, j0, nk, p.D, w.row, w.k_t);
@@ -83,6 +78,22 @@ void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardS
       }
     }
   }
+}
+
+void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardScratch& w) {
+  const SequenceSpan& s = p.seqs[item.seq];
+  const int64_t h = item.head;
+  const int64_t i0 = item.begin, n = item.end - item.begin;
+  load_q_tile(p, s, h, i0, n, w.q_tile);
+  std::fill_n(w.m, n, kNegInf);
+  std::fill_n(w.l, n, 0.0f);
+  std::fill_n(w.acc, n * p.Dv, 0.0f);
+
+  // The input keys of the rows' range, then the extra keys (extra_span: every row sees
+  // them, softcap only) through the same online softmax:
+  //   m, l, acc over j in [key_range) ∪ [k_extra_begin, k_extra_begin + k_extra)
+  keys_online_softmax(p, s, h, i0, n, key_range(p, s, i0).lo, key_range(p, s, i0 + n - 1).hi, w);
+  if (s.k_extra > 0) keys_online_softmax(p, extra_span(s), h, i0, n, 0, s.k_extra, w);
 
   const float sink = sink_logit(p, h);
   for (int64_t r = 0; r < n; ++r) {
@@ -98,29 +109,36 @@ void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardS
 }
 
 // probs[i, j] = exp(s_ij - lse_i) over every key column (0 outside the allowed set),
-// recomputed from the final lse so it cannot change the output bits.
+// recomputed from the final lse so it cannot change the output bits. Columns
+// [0, k_extra_begin) are the input keys (0 past k_len), the rest the extra keys, scored on
+// extra_span: probs[i, k_extra_begin + c] = exp(s_ic - lse_i) for every row.
 void probs_item(const AttentionParams& p, const WorkItem& item, const ForwardScratch& w) {
   const SequenceSpan& s = p.seqs[item.seq];
   const int64_t h = item.head, hkv = h / p.group;
   const int64_t i0 = item.begin, n = item.end - item.begin;
   load_q_tile(p, s, h, i0, n, w.q_tile);
-  for (int64_t j0 = 0; j0 < p.Lk; j0 += p.tile_k) {
-    const int64_t nk = std::min(p.tile_k, p.Lk - j0);
-    const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
-    if (nk_valid > 0) {
-      load_transposed(p.k, s, hkv, j0, nk_valid, p.D, w.row, w.k_t);
-      score_tile(p, s, h, i0, n, j0, nk_valid, w.q_tile, w.k_t, w.S, nullptr);
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t i = i0 + r;
-      const float lse = *lse_ptr(p, s, h, i);
-      float* dst = p.probs + s.batch * p.probs_stride_b + h * p.probs_stride_h + i * p.probs_stride_i;
-      for (int64_t c = 0; c < nk; ++c) {
-        const float sc = c < nk_valid ? w.S[r * nk_valid + c] : kNegInf;
-        dst[(j0 + c) * p.probs_stride_j] = (sc == kNegInf || lse == kNegInf) ? 0.0f : std::exp(sc - lse);
+  // Columns [col0 + j0, col0 + j_end) of span span (keys past its k_len read nothing).
+  const auto columns = [&](const SequenceSpan& span, int64_t col0, int64_t j_end) {
+    for (int64_t j0 = 0; j0 < j_end; j0 += p.tile_k) {
+      const int64_t nk = std::min(p.tile_k, j_end - j0);
+      const int64_t nk_valid = std::clamp<int64_t>(span.k_len - j0, 0, nk);
+      if (nk_valid > 0) {
+        load_transposed(p.k, span, hkv, j0, nk_valid, p.D, w.row, w.k_t);
+        score_tile(p, span, h, i0, n, j0, nk_valid, w.q_tile, w.k_t, w.S, nullptr);
+      }
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t i = i0 + r;
+        const float lse = *lse_ptr(p, s, h, i);
+        float* dst = p.probs + s.batch * p.probs_stride_b + h * p.probs_stride_h + i * p.probs_stride_i;
+        for (int64_t c = 0; c < nk; ++c) {
+          const float sc = c < nk_valid ? w.S[r * nk_valid + c] : kNegInf;
+          dst[(col0 + j0 + c) * p.probs_stride_j] = (sc == kNegInf || lse == kNegInf) ? 0.0f : std::exp(sc - lse);
+        }
       }
     }
-  }
+  };
+  columns(s, 0, s.k_extra_begin);
+  if (s.k_extra > 0) columns(extra_span(s), s.k_extra_begin, s.k_extra);
 }
 
 // Per-head statistics of each row from exp(s - lse) over its key range, recomputed like
@@ -139,6 +157,18 @@ void stats_item(const AttentionParams& p, const WorkItem& item, const ForwardScr
     for (int64_t r = 0; r < n; ++r) {
       const float lse = *lse_ptr(p, s, h, i0 + r);
       for (int64_t c = 0; c < nk; ++c) stats[r].add(w.S[r * nk + c], lse, j0 + c);
+    }
+  }
+  // The extra keys after the input keys (RowStats wants keys in order): key j of the
+  // sequence is k_extra_begin + c.
+  const SequenceSpan es = extra_span(s);
+  for (int64_t j0 = 0; j0 < s.k_extra; j0 += p.tile_k) {
+    const int64_t nk = std::min(p.tile_k, s.k_extra - j0);
+    load_transposed(p.k, es, hkv, j0, nk, p.D, w.row, w.k_t);
+    score_tile(p, es, h, i0, n, j0, nk, w.q_tile, w.k_t, w.S, nullptr);
+    for (int64_t r = 0; r < n; ++r) {
+      const float lse = *lse_ptr(p, s, h, i0 + r);
+      for (int64_t c = 0; c < nk; ++c) stats[r].add(w.S[r * nk + c], lse, s.k_extra_begin + j0 + c);
     }
   }
   for (int64_t r = 0; r < n; ++r) store_row_stats(p, s, h, i0 + r, stats[r], *lse_ptr(p, s, h, i0 + r));

@@ -54,8 +54,12 @@ bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t
          reinterpret_cast<uintptr_t>(kv_row<bf16>(p.k, s, hkv, j0)) % 4 == 0;
 }
 
-// Keys [ja, jb) of an item on vdpbf16ps: Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ over bf16 pairs. Full
-// K tiles are read where they lie; V is paired straight from its bf16 rows (exact).
+void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+                int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w);
+
+// Keys [ja, jb) of an item on vdpbf16ps, then its extra keys: Sᵀ = K Qᵀ and Oᵀ += Vᵀ Pᵀ
+// over bf16 pairs. Full K tiles are read where they lie; V is paired straight from its
+// bf16 rows (exact).
 void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                            int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   const int64_t d2 = (p.D + 1) / 2;
@@ -64,6 +68,15 @@ void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const S
   std::fill(w.q_t + p.D * t.rows_pad, w.q_t + 2 * d2 * t.rows_pad, 0.0f);
   bf16_pair_rows(w.q_t, t.rows_pad, d2, t.rows_pad, w.q_pairs, t.rows_pad);
   std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
+  tiles_bf16(p, t, s, hkv, i0, n, ja, jb, w);
+  if (s.k_extra > 0) tiles_bf16(p, t, extra_span(s), hkv, i0, n, 0, s.k_extra, w);
+}
+
+// Keys [ja, jb) of span s (a sequence, or its extra_span: every row sees those, softcap
+// only) into the running m, l and Oᵀ, on vdpbf16ps; Qᵀ already paired in w.q_pairs.
+void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+                int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
+  const int64_t d2 = (p.D + 1) / 2;
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
     const uint32_t* k_pairs = w.k_pairs;
@@ -91,13 +104,26 @@ void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const S
   }
 }
 
-// Keys [ja, jb) of an item, tiled path: rows along vectors, Oᵀ in w.o. Full f32 tiles are
-// read where they lie (V only when no key can be masked for every row: see
-// zero_unattended_rows); others are packed.
+void tiles_f32(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+               int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w);
+
+// Keys [ja, jb) of an item, then its extra keys, tiled path: rows along vectors, Oᵀ in
+// w.o. Full f32 tiles are read where they lie (V only when no key can be masked for every
+// row: see zero_unattended_rows); others are packed.
 void accumulate_tiled(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                       int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   pack_queries_t(p, s, hkv, i0, n, t, w.row, w.q_t);
   std::fill_n(w.o, t.dv_vec * t.rows_pad, 0.0f);
+  tiles_f32(p, t, s, hkv, i0, n, ja, jb, w);
+  // The extra keys after the input keys, through the same online softmax:
+  //   m, l, Oᵀ over j in [ja, jb) ∪ [k_extra_begin, k_extra_begin + k_extra)
+  if (s.k_extra > 0) tiles_f32(p, t, extra_span(s), hkv, i0, n, 0, s.k_extra, w);
+}
+
+// Keys [ja, jb) of span s (a sequence, or its extra_span) into the running m, l and Oᵀ;
+// Qᵀ already packed in w.q_t.
+void tiles_f32(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
+               int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
     const bool k_in_place = p.kv_tiles_in_place && nk == kTileK, v_in_place = k_in_place && !p.keys_maskable;

@@ -101,31 +101,47 @@ void write_stats(const AttentionParams& p, const TileShape& t, const SequenceSpa
       for (int64_t c = 0; c < nk; ++c) stats[r].add(w.s_t[c * t.rows_pad + r], lse, j0 + c);
     }
   }
+  // The extra keys after the input keys (keys in order): key k_extra_begin + c.
+  const SequenceSpan es = extra_span(s);
+  for (int64_t j0 = 0; j0 < s.k_extra; j0 += kTileK) {
+    const int64_t nk = std::min(kTileK, s.k_extra - j0);
+    rescore(p, t, es, hkv, i0, n, j0, nk, w);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float lse = *lse_ptr(p, s, hkv * p.group + r / n, i0 + r % n);
+      for (int64_t c = 0; c < nk; ++c) stats[r].add(w.s_t[c * t.rows_pad + r], lse, s.k_extra_begin + j0 + c);
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
     store_row_stats(p, s, h, i, stats[r], *lse_ptr(p, s, h, i));
   }
 }
 
-// probs = exp(s - lse) over every key column, recomputed from the final lse.
+// probs = exp(s - lse) over every key column, recomputed from the final lse: columns
+// [0, k_extra_begin) from the input keys (0 past k_len), the rest from the extra keys on
+// extra_span (probs[i, k_extra_begin + c] = exp(s_ic - lse_i) for every row).
 void write_probs(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                  int64_t n, const ForwardTiles& w) {
   const int64_t rows = p.group * n;
   pack_rescore_queries(p, t, s, hkv, i0, n, w);
-  for (int64_t j0 = 0; j0 < p.Lk; j0 += kTileK) {
-    const int64_t nk = std::min(kTileK, p.Lk - j0);
-    const int64_t nk_valid = std::clamp<int64_t>(s.k_len - j0, 0, nk);  // keys past k_len read nothing
-    rescore(p, t, s, hkv, i0, n, j0, nk_valid, w);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
-      const float lse = *lse_ptr(p, s, h, i);
-      float* dst = p.probs + s.batch * p.probs_stride_b + h * p.probs_stride_h + i * p.probs_stride_i;
-      for (int64_t c = 0; c < nk; ++c) {
-        const float sc = w.s_t[c * t.rows_pad + r];
-        dst[(j0 + c) * p.probs_stride_j] = (sc == kNegInf || lse == kNegInf) ? 0.0f : std::exp(sc - lse);
+  const auto columns = [&](const SequenceSpan& span, int64_t col0, int64_t j_end) {
+    for (int64_t j0 = 0; j0 < j_end; j0 += kTileK) {
+      const int64_t nk = std::min(kTileK, j_end - j0);
+      const int64_t nk_valid = std::clamp<int64_t>(span.k_len - j0, 0, nk);  // keys past k_len read nothing
+      rescore(p, t, span, hkv, i0, n, j0, nk_valid, w);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t h = hkv * p.group + r / n, i = i0 + r % n;
+        const float lse = *lse_ptr(p, s, h, i);
+        float* dst = p.probs + s.batch * p.probs_stride_b + h * p.probs_stride_h + i * p.probs_stride_i;
+        for (int64_t c = 0; c < nk; ++c) {
+          const float sc = w.s_t[c * t.rows_pad + r];
+          dst[(col0 + j0 + c) * p.probs_stride_j] = (sc == kNegInf || lse == kNegInf) ? 0.0f : std::exp(sc - lse);
+        }
       }
     }
-  }
+  };
+  columns(s, 0, s.k_extra_begin);
+  if (s.k_extra > 0) columns(extra_span(s), s.k_extra_begin, s.k_extra);
 }
 
 }  // namespace

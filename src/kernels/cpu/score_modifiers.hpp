@@ -7,6 +7,7 @@
 //             s = s + bias_ij                     -inf where bias <= its dtype's lowest
 //             s = s - slope_h·|j - (i + kv_offset)|   ALiBi
 //             s = -inf                            masked, outside the band, past k_len
+//   extra keys (SequenceSpan::unmasked) get the softcap only
 //   backward  d raw = ds · (1 - tanh²(raw / c))   softcap; d(bias) = ds, reduced by the caller
 #pragma once
 
@@ -27,6 +28,11 @@ inline void apply_score_modifiers(const ScoreModifiers& p, const SequenceSpan& s
   if (p.softcap > 0.0f) {
     const float inv = 1.0f / p.softcap;
     for (int64_t c = 0; c < nk; ++c) x[c * stride] = p.softcap * std::tanh(x[c * stride] * inv);
+  }
+  // Extra keys (s = extra_span(...)): s = c·tanh(raw / c) only; no bias, ALiBi, mask or band.
+  if (s.unmasked) {
+    for (int64_t c = nk; c < padded; ++c) x[c * stride] = kNegInf;
+    return;
   }
   if (p.bias.data) {
     const int64_t base = s.batch * p.bias.stride_b + h * p.bias.stride_h + i * p.bias.stride_i;

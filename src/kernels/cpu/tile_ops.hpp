@@ -70,6 +70,7 @@ struct KeyRange {
   int64_t lo, hi;
 };
 inline KeyRange key_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t i) {
+  if (s.unmasked) return {0, s.k_len};  // extra keys: every query sees them all
   const int64_t diag = i + s.kv_offset;
   int64_t lo = 0, hi = s.k_len;
   // Clamped to [0, k_len]: a window may lie wholly past the last key.
@@ -81,6 +82,7 @@ inline KeyRange key_range(const ScoreModifiers& p, const SequenceSpan& s, int64_
 // Query rows [begin, end) that see at least one key of [j0, j1) (rows are monotone).
 inline KeyRange query_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
   int64_t begin = 0, end = s.q_len;
+  if (s.unmasked) return {begin, end};  // extra keys: every query sees them
   // Clamped to [0, q_len]: the keys may lie past every row's window.
   if (p.window_right >= 0) begin = std::min(std::max(begin, j0 - s.kv_offset - p.window_right), s.q_len);
   if (p.window_left >= 0) end = std::min(end, j1 - s.kv_offset + p.window_left);
