@@ -6,6 +6,7 @@
 #include "kernels/kernels.hpp"
 #include "multihead/attention.hpp"
 #include "multihead/attention_cached.hpp"
+#include "multihead/error.hpp"
 #include "multihead/rotary.hpp"
 
 namespace multihead {
@@ -84,7 +85,13 @@ void attention_forward_cached(const TensorView& q, KvCache& cache, std::span<con
     }
   }
   // Checks every sequence's tokens and the blocks of all of them before the first write.
-  if (sizes.append) cache.append(seqs, *k_used, *inputs.v_new);
+  // Errors name the call's arguments (the cache calls them k and v).
+  if (sizes.append) try {
+      cache.append(seqs, *k_used, *inputs.v_new);
+    } catch (const Error& e) {
+      const std::string& t = e.tensor();
+      throw Error(e.kind(), t == "k" ? "k_new" : t == "v" ? "v_new" : t, e.dim(), e.expected(), e.got());
+    }
   const detail::PagedParams p = detail::plan_cached(sizes, q_used, cache, seqs, outputs, options);
   if (p.group_items.empty()) return;  // B = 0 or Lq = 0
   int64_t per_thread = 0, shared = 0;
