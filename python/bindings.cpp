@@ -19,6 +19,7 @@ namespace mh = multihead;
 
 void init_module_bindings(py::module_& m);  // module_bindings.cpp: MultiHeadAttention
 void init_kv_cache_bindings(py::module_& m);  // kv_cache_bindings.cpp: KVCache, apply_rotary
+void init_cached_bindings(py::module_& m);    // cached_bindings.cpp: attention_cached
 
 #include "array_convert.hpp"
 
@@ -346,4 +347,5 @@ PYBIND11_MODULE(_multihead, m) {
   m.def("get_num_threads", &mh::get_num_threads, "Threads the attention kernels use.");
   init_module_bindings(m);
   init_kv_cache_bindings(m);
+  init_cached_bindings(m);
 }

@@ -104,6 +104,11 @@ class KvCache {
   // strides with a contiguous last dim. CapacityExceeded (nothing appended) when the free
   // blocks do not cover the tokens and any copy-on-write copy.
   void append(int64_t id, const TensorView& k, const TensorView& v);
+  // Appends n tokens to each of B distinct sequences: k (B, n, Hkv, D), v (B, n, Hkv, Dv),
+  // entry b to ids[b]. Everything (ids live and distinct, every entry's tokens, the blocks
+  // of all appends together, copy-on-write copies included) is checked before the first
+  // write: a call that throws appends nothing to any sequence.
+  void append(std::span<const int64_t> ids, const TensorView& k, const TensorView& v);
   int64_t length(int64_t id) const;
   // Keeps the first n <= length(id) tokens; blocks no longer used are released.
   void truncate(int64_t id, int64_t n);
@@ -132,6 +137,9 @@ class KvCache {
 
  private:
   struct State;
+  void check_tokens_(const TensorView& k, const TensorView& v, const char* k_name, const char* v_name) const;
+  void write_tokens_(int64_t id, const TensorView& k, const TensorView& v);
+  static TensorView batch_entry(const TensorView& x, int64_t b);
   std::unique_ptr<State> s_;
 };
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "multihead/attention.hpp"
+#include "multihead/attention_cached.hpp"
 #include "multihead/error.hpp"
 #include "multihead/kv_cache.hpp"
 #include "multihead/multi_head_attention.hpp"

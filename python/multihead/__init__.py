@@ -5,6 +5,7 @@ masked rows) are those of the C++ library, spelled out in docs/CONTRACT.md.
 
     out = multihead.attention(q, k, v, causal="bottom_right")
     out, lse = multihead.attention(q, k, v, return_lse=True)
+    out = multihead.attention_cached(q, cache, [seq], k_new=k, v_new=v)  # over a KVCache
     dq, dk, dv, dbias, dsinks = multihead.attention_backward(dout, q, k, v, out, lse)
 
 The module, weight-compatible with torch.nn.MultiheadAttention (batch-first):
@@ -25,6 +26,7 @@ from ._multihead import (
     apply_rotary,
     attention,
     attention_backward,
+    attention_cached,
     attention_varlen,
     attention_varlen_backward,
     get_num_threads,
@@ -42,6 +44,7 @@ __all__ = [
     "apply_rotary",
     "attention",
     "attention_backward",
+    "attention_cached",
     "attention_varlen",
     "attention_varlen_backward",
     "get_num_threads",

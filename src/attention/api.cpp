@@ -1,8 +1,13 @@
 // Entry points: validate, plan, allocate scratch, dispatch. Nothing here computes.
+#include "attention/cached.hpp"
 #include "attention/plan.hpp"
 #include "attention/validate.hpp"
+#include "core/view_checks.hpp"
 #include "kernels/kernels.hpp"
 #include "multihead/attention.hpp"
+#include "multihead/attention_cached.hpp"
+#include "multihead/error.hpp"
+#include "multihead/rotary.hpp"
 
 namespace multihead {
 
@@ -53,6 +58,61 @@ void attention_backward(const TensorView& dout, const TensorView& q, const Tenso
   detail::backward_scratch_floats(p, g, &per_thread, &shared);
   per_thread = aligned_floats(per_thread);
   detail::flash_backward(p, g, workspace(per_thread * p.num_threads + shared), per_thread);
+}
+
+void attention_forward_cached(const TensorView& q, KvCache& cache, std::span<const int64_t> seqs,
+                              const ForwardOutputs& outputs, const AttentionOptions& options,
+                              const CachedAttentionInputs& inputs) {
+  const detail::CachedSizes sizes = detail::validate_cached(q, cache, seqs, outputs, options, inputs);
+  // Rotary: q and k_new rotated into fresh tensors at their absolute positions.
+  TensorView q_used = q;
+  std::optional<TensorView> k_used = inputs.k_new;
+  Tensor q_rot, k_rot;
+  if (inputs.rotary_dim > 0 && sizes.B * sizes.Lq > 0) {
+    Tensor positions = Tensor::empty(DType::kI64, {sizes.B, sizes.Lq});
+    for (int64_t b = 0; b < sizes.B; ++b)
+      for (int64_t i = 0; i < sizes.Lq; ++i)
+        positions.data_as<int64_t>()[b * sizes.Lq + i] =
+            sizes.lengths[size_t(b)] + i - (sizes.append ? 0 : sizes.Lq);
+    const RotaryOptions rotary{inputs.rotary_dim, inputs.rotary_base, inputs.rotary_interleaved};
+    q_rot = Tensor::empty(q.dtype, 4, q.shape);
+    apply_rotary(q, positions.view(), q_rot.view(), rotary);
+    q_used = q_rot.view();
+    if (inputs.k_new) {
+      k_rot = Tensor::empty(inputs.k_new->dtype, 4, inputs.k_new->shape);
+      apply_rotary(*inputs.k_new, positions.view(), k_rot.view(), rotary);
+      k_used = k_rot.view();
+    }
+  }
+  // Checks every sequence's tokens and the blocks of all of them before the first write.
+  // Errors name the call's arguments (the cache calls them k and v).
+  if (sizes.append) try {
+      cache.append(seqs, *k_used, *inputs.v_new);
+    } catch (const Error& e) {
+      const std::string& t = e.tensor();
+      throw Error(e.kind(), t == "k" ? "k_new" : t == "v" ? "v_new" : t, e.dim(), e.expected(), e.got());
+    }
+  const detail::PagedParams p = detail::plan_cached(sizes, q_used, cache, seqs, outputs, options);
+  if (p.group_items.empty()) return;  // B = 0 or Lq = 0
+  int64_t per_thread = 0, shared = 0;
+  detail::paged_scratch_floats(p, &per_thread, &shared);
+  per_thread = aligned_floats(per_thread);
+  detail::paged_forward(p, workspace(per_thread * p.num_threads + shared), per_thread);
+}
+
+AttentionResult attention_forward_cached(const TensorView& q, KvCache& cache, std::span<const int64_t> seqs,
+                                         const AttentionOptions& options, const CachedAttentionInputs& inputs) {
+  // Shapes come from a validated q: validate before allocating.
+  static constexpr const char* kLetters[] = {"B", "Lq", "H", "D"};
+  const detail::NamedView nq{q, "q", kLetters};
+  detail::check_view_layout(nq);
+  detail::check_view_rank(nq, 4);
+  detail::check_view_dtype(nq, {DType::kF32, DType::kBF16}, "float32 or bfloat16");
+  AttentionResult r;
+  r.out = Tensor::empty(q.dtype, {q.shape[0], q.shape[1], q.shape[2], cache.options().v_head_dim.value()});
+  r.lse = Tensor::empty(DType::kF32, {q.shape[0], q.shape[2], q.shape[1]});
+  attention_forward_cached(q, cache, seqs, ForwardOutputs{r.out.view(), r.lse.view()}, options, inputs);
+  return r;
 }
 
 AttentionResult attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,

@@ -4,6 +4,7 @@
 // OpenMP threads; scratch holds num_threads * scratch_per_thread floats.
 #pragma once
 
+#include "kernels/paged_params.hpp"
 #include "kernels/params.hpp"
 
 namespace multihead::detail {
@@ -13,6 +14,13 @@ namespace multihead::detail {
 // Forward scratch: per_thread floats for each thread, then shared floats after them.
 void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
 void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared);
+
+// Attention over the paged KV cache (same dispatch; paged_forward*.cpp). Scratch:
+// per_thread floats for each thread, then shared floats (split partial states).
+void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
+void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared);
+void paged_forward_portable(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
+void paged_forward_simd(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
 
 // The two implementations behind it.
 void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);

@@ -250,12 +250,13 @@ KvCache& KvCache::operator=(KvCache&&) noexcept = default;
 
 int64_t KvCache::new_sequence() { return s_->add_sequence(0, {}); }
 
-void KvCache::append(int64_t id, const TensorView& k, const TensorView& v) {
-  State& s = *s_;
-  State::Sequence& seq = s.find(id);
+// Shapes, layouts and (int8) finiteness of one sequence's new tokens: k (n, Hkv, D),
+// v (n, Hkv, Dv). Names the tensors `k_name` and `v_name` in errors.
+void KvCache::check_tokens_(const TensorView& k, const TensorView& v, const char* k_name, const char* v_name) const {
+  const State& s = *s_;
   static constexpr const char* kKLetters[] = {"n", "Hkv", "D"};
   static constexpr const char* kVLetters[] = {"n", "Hkv", "Dv"};
-  const detail::NamedView nk{k, "k", kKLetters}, nv{v, "v", kVLetters};
+  const detail::NamedView nk{k, k_name, kKLetters}, nv{v, v_name, kVLetters};
   for (const detail::NamedView* t : {&nk, &nv}) {
     detail::check_view_layout(*t);
     detail::check_view_rank(*t, 3);
@@ -267,36 +268,116 @@ void KvCache::append(int64_t id, const TensorView& k, const TensorView& v) {
   detail::check_view_dim(nv, 0, n, " (k's n)");
   detail::check_view_dim(nv, 1, s.Hkv, " (the cache's num_kv_heads)");
   detail::check_view_dim(nv, 2, s.Dv, " (the cache's v_head_dim)");
+  if (n == 0 || s.options.dtype != KvCacheDType::kI8) return;
+  for (const detail::NamedView* t : {&nk, &nv})
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < s.Hkv; ++h)
+        for (int64_t d = 0; d < t->view.shape[2]; ++d) {
+          const float x = read_float(t->view, i * t->view.strides[0] + h * t->view.strides[1] + d);
+          if (!std::isfinite(x))
+            fail(ErrorKind::kInvalidArgument, t->name,
+                 "token " + to_string(i) + " (kv head " + to_string(h) + ", element " + to_string(d) + ")",
+                 "finite values (an int8 cache cannot quantize NaN or inf)", std::to_string(x));
+        }
+}
+
+// Blocks that appending n tokens to a sequence takes: the new ones past its table, plus a
+// copy of its shared, partly filled last block (shared: `last_refs` > 1 references).
+static int64_t blocks_needed(int64_t length, int64_t table_size, int64_t n, int64_t bs, int32_t last_refs,
+                             bool* copy_last) {
+  const int64_t new_length = length + n;
+  const int64_t blocks_after = new_length / bs + (new_length % bs != 0);
+  *copy_last = n > 0 && length % bs != 0 && last_refs > 1;
+  return (blocks_after - table_size) + (*copy_last ? 1 : 0);
+}
+
+void KvCache::append(int64_t id, const TensorView& k, const TensorView& v) {
+  State& s = *s_;
+  State::Sequence& seq = s.find(id);
+  check_tokens_(k, v, "k", "v");
+  const int64_t n = k.shape[0];
   if (n == 0) return;
-  if (s.options.dtype == KvCacheDType::kI8) {
-    for (const detail::NamedView* t : {&nk, &nv})
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t h = 0; h < s.Hkv; ++h)
-          for (int64_t d = 0; d < t->view.shape[2]; ++d) {
-            const float x = read_float(t->view, i * t->view.strides[0] + h * t->view.strides[1] + d);
-            if (!std::isfinite(x))
-              fail(ErrorKind::kInvalidArgument, t->name,
-                   "token " + to_string(i) + " (kv head " + to_string(h) + ", element " + to_string(d) + ")",
-                   "finite values (an int8 cache cannot quantize NaN or inf)", std::to_string(x));
-          }
-  }
-  // Blocks this call takes: the new ones past the table, plus a copy of a shared,
-  // partly filled last block that the first new token goes into.
   const int64_t length = seq.length;
   int64_t new_length;
   if (__builtin_add_overflow(length, n, &new_length))
     fail(ErrorKind::kCapacityExceeded, "k", "dim 0 (n)", "a length that fits int64", to_string(n));
-  const int64_t blocks_after = new_length / s.bs + (new_length % s.bs != 0);
-  const bool copy_last = length % s.bs != 0 && s.refcount[size_t(seq.blocks.back())] > 1;
-  const int64_t needed = (blocks_after - int64_t(seq.blocks.size())) + (copy_last ? 1 : 0);
+  bool copy_last = false;
+  const int64_t needed = blocks_needed(length, int64_t(seq.blocks.size()), n, s.bs,
+                                       seq.blocks.empty() ? 0 : s.refcount[size_t(seq.blocks.back())], &copy_last);
   if (needed > int64_t(s.free_list.size()))
     fail(ErrorKind::kCapacityExceeded, "KvCache", "blocks",
          "at most " + to_string(s.free_list.size()) + " free blocks of " + to_string(s.bs) + " tokens (capacity " +
              to_string(s.num_blocks * s.bs) + " tokens)",
          to_string(needed) + " blocks to append " + to_string(n) + " tokens to sequence " + to_string(id) +
              " of length " + to_string(length) + (copy_last ? " (1 copy-on-write copy)" : ""));
+  write_tokens_(id, k, v);
+}
 
-  // Nothing below throws.
+// k (B, n, Hkv, D) and v (B, n, Hkv, Dv): k[b], v[b] go to ids[b]. Everything is checked
+// before the first write: live and distinct ids, every sequence's tokens, and the blocks
+// of all appends together (a copy-on-write copy taken by one sequence can leave the block
+// unshared for a later one: counted in order, as the writes happen).
+void KvCache::append(std::span<const int64_t> ids, const TensorView& k, const TensorView& v) {
+  State& s = *s_;
+  static constexpr const char* kKLetters[] = {"B", "n", "Hkv", "D"};
+  static constexpr const char* kVLetters[] = {"B", "n", "Hkv", "Dv"};
+  const detail::NamedView nk{k, "k", kKLetters}, nv{v, "v", kVLetters};
+  for (const detail::NamedView* t : {&nk, &nv}) {
+    detail::check_view_layout(*t);
+    detail::check_view_rank(*t, 4);
+  }
+  const int64_t B = int64_t(ids.size());
+  detail::check_view_dim(nk, 0, B, " (the number of sequence ids)");
+  detail::check_view_dim(nv, 0, B, " (the number of sequence ids)");
+  std::map<int32_t, int32_t> refs_dropped;  // per shared block: copies already taken in this call
+  int64_t needed = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const State::Sequence& seq = s.find(ids[size_t(b)]);
+    for (int64_t a = 0; a < b; ++a)
+      if (ids[size_t(a)] == ids[size_t(b)])
+        fail(ErrorKind::kInvalidArgument, "ids", "entry " + to_string(b), "distinct sequence ids",
+             "id " + to_string(ids[size_t(b)]) + " again (entry " + to_string(a) + ")");
+    const TensorView kb = batch_entry(k, b), vb = batch_entry(v, b);
+    check_tokens_(kb, vb, "k", "v");
+    const int64_t n = kb.shape[0];
+    int64_t new_length;
+    if (__builtin_add_overflow(seq.length, n, &new_length))
+      fail(ErrorKind::kCapacityExceeded, "k", "dim 1 (n)", "a length that fits int64", to_string(n));
+    int32_t last_refs = 0;
+    if (!seq.blocks.empty()) {
+      const int32_t last = seq.blocks.back();
+      last_refs = s.refcount[size_t(last)] - refs_dropped[last];
+    }
+    bool copy_last = false;
+    needed += blocks_needed(seq.length, int64_t(seq.blocks.size()), n, s.bs, last_refs, &copy_last);
+    if (copy_last) ++refs_dropped[seq.blocks.back()];
+  }
+  if (needed > int64_t(s.free_list.size()))
+    fail(ErrorKind::kCapacityExceeded, "KvCache", "blocks",
+         "at most " + to_string(s.free_list.size()) + " free blocks of " + to_string(s.bs) + " tokens (capacity " +
+             to_string(s.num_blocks * s.bs) + " tokens)",
+         to_string(needed) + " blocks to append " + to_string(B) + " x " + to_string(k.shape[1]) + " tokens");
+  for (int64_t b = 0; b < B; ++b) write_tokens_(ids[size_t(b)], batch_entry(k, b), batch_entry(v, b));
+}
+
+TensorView KvCache::batch_entry(const TensorView& x, int64_t b) {
+  TensorView e;
+  e.data = static_cast<char*>(x.data) + b * x.strides[0] * int64_t(dtype_size(x.dtype));
+  e.dtype = x.dtype;
+  e.rank = 3;
+  for (int d = 0; d < 3; ++d) e.shape[d] = x.shape[d + 1], e.strides[d] = x.strides[d + 1];
+  return e;
+}
+
+// Stores checked tokens (check_tokens_ and the block count passed): nothing here throws.
+void KvCache::write_tokens_(int64_t id, const TensorView& k, const TensorView& v) {
+  State& s = *s_;
+  State::Sequence& seq = s.find(id);
+  const int64_t n = k.shape[0];
+  if (n == 0) return;
+  const int64_t length = seq.length, new_length = length + n;
+  const int64_t blocks_after = new_length / s.bs + (new_length % s.bs != 0);
+  const bool copy_last = length % s.bs != 0 && s.refcount[size_t(seq.blocks.back())] > 1;
   if (copy_last) {
     const int32_t old = seq.blocks.back();
     const int32_t fresh = s.take_block();

@@ -17,6 +17,7 @@
 #include "kernels/cpu/forward_tiles-inl.hpp"
 #include "kernels/cpu/online_softmax-inl.hpp"
 #include "kernels/cpu/simd_tiles-inl.hpp"
+#include "kernels/cpu/split_merge.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace multihead {
@@ -248,27 +249,12 @@ void accumulate_decode_chunk(const AttentionParams& p, const TileShape& t, int64
 }
 
 // Merges the kv_splits partial states of group item `it` in split order into w's m, l and
-// O (rows x Dv, row-major):
-//   m = max_c m_c,  l = Σ_c l_c e^(m_c - m),  O = Σ_c O_c e^(m_c - m)
-// A split that saw no allowed key of a row (m_c = -inf) adds nothing to it.
+// O (rows x Dv, row-major): merge_partials (split_merge.hpp, shared with the paged-cache
+// kernels).
 void merge_splits(const AttentionParams& p, const TileShape& t, float* shared, int64_t it, int64_t rows,
                   const ForwardTiles& w) {
-  const int64_t splits = p.kv_splits;
-  std::fill_n(w.m, rows, kNegInf);
-  for (int64_t c = 0; c < splits; ++c)
-    for (int64_t r = 0; r < rows; ++r)
-      w.m[r] = std::max(w.m[r], partial_slot(p, t, shared, it, c)[r]);
-  std::fill_n(w.l, rows, 0.0f);
-  std::fill_n(w.o, rows * p.Dv, 0.0f);
-  for (int64_t c = 0; c < splits; ++c) {
-    const float* part = partial_slot(p, t, shared, it, c);
-    for (int64_t r = 0; r < rows; ++r) {
-      if (part[r] == kNegInf) continue;  // this split saw no allowed key of row r
-      const float weight = std::exp(part[r] - w.m[r]);
-      w.l[r] += part[t.rows_pad + r] * weight;
-      for (int64_t a = 0; a < p.Dv; ++a) w.o[r * p.Dv + a] += part[2 * t.rows_pad + r * p.Dv + a] * weight;
-    }
-  }
+  merge_partials(p.kv_splits, rows, t.rows_pad, p.Dv,
+                 [&](int64_t c) -> const float* { return partial_slot(p, t, shared, it, c); }, w.m, w.l, w.o);
 }
 
 }  // namespace

@@ -65,6 +65,11 @@ void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per
   else flash_forward_portable(p, scratch, scratch_per_thread);
 }
 
+void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
+  if (isa_choice().simd) paged_forward_simd(p, scratch, scratch_per_thread);
+  else paged_forward_portable(p, scratch, scratch_per_thread);
+}
+
 void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared) {
   *per_thread = isa_choice().simd ? forward_simd_scratch_floats(p) : forward_portable_scratch_floats(p);
   *shared = isa_choice().simd ? forward_simd_shared_floats(p) : 0;

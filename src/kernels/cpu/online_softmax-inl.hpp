@@ -52,7 +52,7 @@ HWY_INLINE void online_softmax_vectors(const TileShape& t, int64_t r, float* HWY
 }
 
 // online_softmax_vectors over every row vector of Sᵀ (rows_pad is a multiple of 2 vectors).
-void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
+inline void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* HWY_RESTRICT m,
                             float* HWY_RESTRICT l, float* HWY_RESTRICT corr) {
   const int64_t N = row_vector();
   int64_t r = 0;
@@ -61,7 +61,7 @@ void online_softmax_columns(const TileShape& t, float* HWY_RESTRICT s_t, float* 
 }
 
 // The same for one row of a row-major score tile s (kTileK keys): returns the correction.
-float online_softmax_row(float* HWY_RESTRICT s, float& m, float& l) {
+inline float online_softmax_row(float* HWY_RESTRICT s, float& m, float& l) {
   const FloatTag d;
   const int64_t N = row_vector();
   const auto neg_inf = hn::Set(d, kNegInf);
@@ -84,7 +84,7 @@ float online_softmax_row(float* HWY_RESTRICT s, float& m, float& l) {
 
 // Oᵀ[a, :] *= corr for every output dim a, skipping row vectors whose running max held
 // (corr = 1: most of them after the first tiles).
-void rescale_output_t(const TileShape& t, const float* HWY_RESTRICT corr, float* HWY_RESTRICT o_t) {
+inline void rescale_output_t(const TileShape& t, const float* HWY_RESTRICT corr, float* HWY_RESTRICT o_t) {
   const FloatTag d;
   const int64_t N = row_vector();
   for (int64_t r = 0; r < t.rows_pad; r += N) {
