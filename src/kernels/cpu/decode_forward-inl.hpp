@@ -161,7 +161,7 @@ void accumulate_decode(const AttentionParams& p, const TileShape& t, const Seque
 }
 
 // The keys of split `chunk` of an item's key range: whole tiles, fixed by shape.
-KeyRange split_range(const AttentionParams& p, const SequenceSpan& s, const WorkItem& item, int64_t chunk) {
+IndexRange split_range(const AttentionParams& p, const SequenceSpan& s, const WorkItem& item, int64_t chunk) {
   const int64_t j_begin = first_tile(p, s, item.begin), j_end = key_range(p, s, item.end - 1).hi;
   const int64_t len = round_up((j_end - j_begin + p.kv_splits - 1) / p.kv_splits, kTileK);
   const int64_t ja = std::min(j_end, j_begin + chunk * len);
@@ -208,7 +208,7 @@ void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t,
   const int64_t first = p.group_item_first[size_t(seq)];
   const WorkItem& item = p.group_items[size_t(first)];  // decode: one item per kv head, alike but for the head
   const int64_t n = item.end - item.begin, rows = p.group * n;
-  const KeyRange keys = split_range(p, s, item, chunk);
+  const IndexRange keys = split_range(p, s, item, chunk);
   const auto state = [&](int64_t h) {
     float* part = partial_slot(p, t, shared, first + h, chunk);
     return DecodeState{part, part + t.rows_pad, part + 2 * t.rows_pad, p.Dv};

@@ -144,7 +144,7 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const float* 
   std::fill_n(dv, n_out * p.Dv, 0.0f);
   load_transposed(p.k, s, hkv, j0, nk, p.D, w.row, w.k_t);
   load_transposed(p.v, s, hkv, j0, nk, p.Dv, w.row, w.v_t);
-  const KeyRange rows = nk > 0 ? query_range(p, s, j0, j0 + nk) : KeyRange{0, 0};
+  const IndexRange rows = nk > 0 ? query_range(p, s, j0, j0 + nk) : IndexRange{0, 0};
   for (int64_t h = hkv * p.group; h < (hkv + 1) * p.group; ++h) {
     for (int64_t i0 = rows.lo; i0 < rows.hi; i0 += p.tile_q) {
       const int64_t n = std::min(p.tile_q, rows.hi - i0);

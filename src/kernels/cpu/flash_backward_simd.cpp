@@ -223,7 +223,7 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
   if (nk > 0) {
     pack_rows(p.k, s, hkv, j0, nk, p.D, t.d_vec, w.k);
     pack_rows(p.v, s, hkv, j0, nk, p.Dv, p.Dv, w.v);
-    const KeyRange rows = query_range(p, s, j0, j0 + nk);
+    const IndexRange rows = query_range(p, s, j0, j0 + nk);
     const int64_t first_block = rows.lo / p.group_rows;
     const int64_t end_block = (rows.hi + p.group_rows - 1) / p.group_rows;
     const int64_t nblocks = (s.q_len + p.group_rows - 1) / p.group_rows;

@@ -145,7 +145,7 @@ void tiles_f32(const AttentionParams& p, const TileShape& t, const SequenceSpan&
 }
 
 // Runs keys [ja, jb) of an item; leaves m, l in w and the output where layout says.
-OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const WorkItem& item, KeyRange keys,
+OutputLayout accumulate(const AttentionParams& p, const TileShape& t, const WorkItem& item, IndexRange keys,
                         const ForwardTiles& w) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t n = item.end - item.begin;

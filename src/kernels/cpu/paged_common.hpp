@@ -60,7 +60,7 @@ inline int64_t paged_shared_floats(const PagedParams& p) {
 
 // The keys of chunk `chunk` of an item: [lo, hi) of its rows' ranges, lo rounded down to a
 // tile, cut into kv_splits chunks of whole tiles; fixed by shape, never by thread count.
-inline KeyRange paged_chunk(const PagedParams& p, const WorkItem& item, int64_t chunk) {
+inline IndexRange paged_chunk(const PagedParams& p, const WorkItem& item, int64_t chunk) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t T = p.keys_per_tile;
   const int64_t lo = key_range(p, s, item.begin).lo / T * T, hi = key_range(p, s, item.end - 1).hi;

@@ -24,7 +24,7 @@ inline float stored(const std::byte* row, KvCacheDType dtype, float scale, int64
 // Keys [keys.lo, keys.hi) of an item, tile by tile (tiles inside one block):
 //   S[r, c] = modifiers(scale · q_r · k_c)
 //   m' = max(m, max_c S);  l = l·e^(m - m') + Σ_c e^(S - m');  O = O·e^(m - m') + Σ_c P[r, c] v_c
-void accumulate_portable(const PagedParams& p, const WorkItem& item, KeyRange keys, float* m, float* l, float* o,
+void accumulate_portable(const PagedParams& p, const WorkItem& item, IndexRange keys, float* m, float* l, float* o,
                          const PagedScratch& w) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t n = item.end - item.begin, rows = p.group * n;
@@ -77,7 +77,7 @@ void accumulate_portable(const PagedParams& p, const WorkItem& item, KeyRange ke
 
 void paged_forward_portable(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
   run_paged(p, scratch, scratch_per_thread,
-            [&](const WorkItem& item, KeyRange keys, float* m, float* l, float* o, const PagedScratch& w) {
+            [&](const WorkItem& item, IndexRange keys, float* m, float* l, float* o, const PagedScratch& w) {
               accumulate_portable(p, item, keys, m, l, o, w);
             });
 }

@@ -118,7 +118,7 @@ HWY_INLINE void row_blocks(int64_t rows, F&& f) {
 //   S = scale · Q Kᵀ, then the modifiers (softcap, ALiBi, window/causal, -inf past nk)
 //   m' = max(m, max_c S);  l = l·e^(m - m') + Σ_c e^(S - m');  O = O·e^(m - m') + P V
 template <typename T>
-void accumulate_typed(const PagedParams& p, const WorkItem& item, KeyRange keys, float* m, float* l, float* o,
+void accumulate_typed(const PagedParams& p, const WorkItem& item, IndexRange keys, float* m, float* l, float* o,
                       const PagedScratch& w) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t n = item.end - item.begin, rows = p.group * n;
@@ -149,7 +149,7 @@ void accumulate_typed(const PagedParams& p, const WorkItem& item, KeyRange keys,
 
 void PagedForwardSimd(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
   run_paged(p, scratch, scratch_per_thread,
-            [&](const WorkItem& item, KeyRange keys, float* m, float* l, float* o, const PagedScratch& w) {
+            [&](const WorkItem& item, IndexRange keys, float* m, float* l, float* o, const PagedScratch& w) {
               switch (p.cache.dtype) {
                 case KvCacheDType::kBF16: accumulate_typed<bf16>(p, item, keys, m, l, o, w); break;
                 case KvCacheDType::kI8: accumulate_typed<int8_t>(p, item, keys, m, l, o, w); break;

@@ -53,7 +53,7 @@ inline void apply_score_modifiers(const ScoreModifiers& p, const SequenceSpan& s
     for (int64_t c = 0; c < nk; ++c)
       if (!m[(j0 + c) * p.mask.stride_j]) x[c * stride] = kNegInf;
   }
-  const KeyRange range = key_range(p, s, i);
+  const IndexRange range = key_range(p, s, i);
   const int64_t lo = std::clamp<int64_t>(range.lo - j0, 0, nk), hi = std::clamp<int64_t>(range.hi - j0, lo, nk);
   for (int64_t c = 0; c < lo; ++c) x[c * stride] = kNegInf;
   for (int64_t c = hi; c < padded; ++c) x[c * stride] = kNegInf;

@@ -28,7 +28,7 @@ namespace HWY_NAMESPACE {
 inline bool tile_is_plain(const AttentionParams& p, const SequenceSpan& s, int64_t i0, int64_t n, int64_t j0,
                           int64_t nk) {
   if (nk != kTileK || !p.scores_plain) return false;
-  const KeyRange first = key_range(p, s, i0), last = key_range(p, s, i0 + n - 1);
+  const IndexRange first = key_range(p, s, i0), last = key_range(p, s, i0 + n - 1);
   return last.lo <= j0 && first.hi >= j0 + kTileK;
 }
 

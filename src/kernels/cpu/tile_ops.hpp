@@ -65,11 +65,12 @@ inline void store_row(void* base, DType dtype, int64_t offset, int64_t n, const 
   }
 }
 
-// Keys that query row i of a sequence may see before masks and biases: [lo, hi).
-struct KeyRange {
+// A half-open range [lo, hi) of key indices (key_range) or query rows (query_range).
+struct IndexRange {
   int64_t lo, hi;
 };
-inline KeyRange key_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t i) {
+// Keys that query row i of a sequence may see before masks and biases.
+inline IndexRange key_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t i) {
   if (s.unmasked) return {0, s.k_len};  // extra keys: every query sees them all
   const int64_t diag = i + s.kv_offset;
   int64_t lo = 0, hi = s.k_len;
@@ -80,7 +81,7 @@ inline KeyRange key_range(const ScoreModifiers& p, const SequenceSpan& s, int64_
 }
 
 // Query rows [begin, end) that see at least one key of [j0, j1) (rows are monotone).
-inline KeyRange query_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
+inline IndexRange query_range(const ScoreModifiers& p, const SequenceSpan& s, int64_t j0, int64_t j1) {
   int64_t begin = 0, end = s.q_len;
   if (s.unmasked) return {begin, end};  // extra keys: every query sees them
   // Clamped to [0, q_len]: the keys may lie past every row's window.
