@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "support/cases.hpp"
+#include "support/errors.hpp"
 
 namespace multihead::test {
 namespace {
@@ -322,26 +323,6 @@ TEST(ExtraKeys, RowsWithNoInputKeySeeOnlyTheExtraKeys) {
 }
 
 // ---- validation ----
-
-template <class F>
-Error capture(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "no multihead::Error thrown";
-  return Error(ErrorKind::kIoError, "", "", "", "");
-}
-
-void expect_error(const Error& e, ErrorKind kind, const std::string& tensor, const std::string& dim,
-                  const std::string& expected_part, const std::string& got) {
-  EXPECT_EQ(e.kind(), kind) << e.what();
-  EXPECT_EQ(e.tensor(), tensor) << e.what();
-  EXPECT_EQ(e.dim(), dim) << e.what();
-  EXPECT_NE(e.expected().find(expected_part), std::string::npos) << e.what();
-  EXPECT_EQ(e.got(), got) << e.what();
-}
 
 constexpr AttentionShapes kShapes{.B = 2, .Lq = 3, .Lk = 6, .H = 4, .Hkv = 2, .D = 8, .Dv = 6};
 

@@ -17,15 +17,6 @@
 namespace multihead::test {
 namespace {
 
-void expect_error(const Error& e, ErrorKind kind, const std::string& tensor, const std::string& dim,
-                  const std::string& expected_part, const std::string& got) {
-  EXPECT_EQ(e.kind(), kind) << e.what();
-  EXPECT_EQ(e.tensor(), tensor) << e.what();
-  EXPECT_EQ(e.dim(), dim) << e.what();
-  EXPECT_NE(e.expected().find(expected_part), std::string::npos) << e.what();
-  EXPECT_EQ(e.got(), got) << e.what();
-}
-
 constexpr AttentionShapes kShapes{.B = 2, .Lq = 3, .Lk = 4, .H = 4, .Hkv = 2, .D = 8, .Dv = 6};
 
 TEST(ValidateAttention, ValidProblemsPass) {
