@@ -40,7 +40,7 @@ struct Dims {
         vdim(c.vdim),
         out(c.out_dim) {}
   // PyTorch's single in_proj_weight (3E, E): same input for q, k, v and equal widths.
-  bool packed() const { return kdim == E && vdim == E && Hkv == H && nq() == E && dv == d; }
+  bool single_in_proj() const { return kdim == E && vdim == E && Hkv == H && nq() == E && dv == d; }
 };
 
 // Parameters in PyTorch's order (named_parameters of nn.MultiheadAttention).
@@ -134,13 +134,13 @@ AttentionOptions lower_options(const AttentionOptions& user, OptionBuffers buf, 
 namespace multihead {
 
 struct MultiHeadAttention::State {
-  explicit State(const MultiHeadAttentionConfig& c) : dims(c), packed(dims.packed()) {}
+  explicit State(const MultiHeadAttentionConfig& c) : dims(c), single_in_proj(dims.single_in_proj()) {}
 
   using Scratch = detail::Scratch;
   using Param = detail::Param;
 
   detail::Dims dims;
-  bool packed;
+  bool single_in_proj;  // q, k, v weights stored as one in_proj_weight
   std::array<Tensor, detail::kNumParams> value, grad;  // empty when the config has no such parameter
   uint64_t dropout_calls = 0;
 

@@ -269,7 +269,7 @@ MhaInputGrads MultiHeadAttention::backward(const TensorView& dout) {
     detail::bias_grad(dV, gb + nq + nk);
   }
   float *gwq, *gwk, *gwv;
-  if (s.packed) {
+  if (s.single_in_proj) {
     gwq = s.g(kInW);
     gwk = gwq + nq * d.E;
     gwv = gwk + nk * d.E;

@@ -85,11 +85,11 @@ void MultiHeadAttention::State::prepare_weights(bool fused) {
     for (int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16_to_float(src[i]);
   };
   // Input projections: read in place when stored as f32 and either already back to back
-  // (packed) or not needed so; else converted or gathered into one block.
-  if (!low && (packed || !fused)) {
-    wq = value[packed ? kInW : kQW].data_as<float>();
-    wk = packed ? wq + nq_e : value[kKW].data_as<float>();
-    wv = packed ? wk + nk_k : value[kVW].data_as<float>();
+  // (one in_proj_weight) or not needed so; else converted or gathered into one block.
+  if (!low && (single_in_proj || !fused)) {
+    wq = value[single_in_proj ? kInW : kQW].data_as<float>();
+    wk = single_in_proj ? wq + nq_e : value[kKW].data_as<float>();
+    wv = single_in_proj ? wk + nk_k : value[kVW].data_as<float>();
   } else {
     float* w = w_in.get<float>(nq_e + nk_k + nv_v);
     float* at = w;
@@ -142,7 +142,7 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config)
     s.value[p] = Tensor::empty(dt, shape);
     s.grad[p] = Tensor::zeros(DType::kF32, shape);
   };
-  if (s.packed) {
+  if (s.single_in_proj) {
     make(kInW, {3 * d.E, d.E});
   } else {
     make(kQW, {d.nq(), d.E});

@@ -74,7 +74,7 @@ std::map<std::string, TensorView> MultiHeadAttention::state_dict(WeightNames nam
     v.shape[0] = count;
     return v;
   };
-  if (s.packed) {
+  if (s.single_in_proj) {
     r.emplace("q_proj.weight", rows(s.value[kInW], 0, d.nq()));
     r.emplace("k_proj.weight", rows(s.value[kInW], d.nq(), d.nk()));
     r.emplace("v_proj.weight", rows(s.value[kInW], d.nq() + d.nk(), d.nv()));
@@ -164,15 +164,15 @@ MultiHeadAttentionConfig MultiHeadAttention::infer_config(const std::map<std::st
 
   MultiHeadAttentionConfig c;
   int64_t nq = 0, nk = 0, nv = 0, hdv = 0;
-  const TensorInfo* packed = llama ? nullptr : find("in_proj_weight", 2);
+  const TensorInfo* in_proj = llama ? nullptr : find("in_proj_weight", 2);
   const std::string wq = llama ? "q_proj.weight" : "q_proj_weight", wk = llama ? "k_proj.weight" : "k_proj_weight",
                     wv = llama ? "v_proj.weight" : "v_proj_weight", wo = llama ? "o_proj.weight" : "out_proj.weight",
                     bo = llama ? "o_proj.bias" : "out_proj.bias";
-  if (packed) {
-    c.embed_dim = c.kdim = c.vdim = packed->shape[1];
+  if (in_proj) {
+    c.embed_dim = c.kdim = c.vdim = in_proj->shape[1];
     nq = nk = nv = c.embed_dim;
-    if (packed->shape[0] != 3 * c.embed_dim)
-      diffs.push_back(prefix + "in_proj_weight shape " + shape_string(packed->shape) + ", expected (3 * " +
+    if (in_proj->shape[0] != 3 * c.embed_dim)
+      diffs.push_back(prefix + "in_proj_weight shape " + shape_string(in_proj->shape) + ", expected (3 * " +
                       std::to_string(c.embed_dim) + ", " + std::to_string(c.embed_dim) + ")");
     for (const std::string& n : {wq, wk, wv})
       if (given.count(n)) diffs.push_back("unexpected " + prefix + n + " (with in_proj_weight)");
@@ -222,7 +222,7 @@ MultiHeadAttentionConfig MultiHeadAttention::infer_config(const std::map<std::st
                       std::to_string(length) + ")");
 
   for (const auto& entry : given)
-    if (!used.count(entry.first) && !(packed && (entry.first == wq || entry.first == wk || entry.first == wv)))
+    if (!used.count(entry.first) && !(in_proj && (entry.first == wq || entry.first == wk || entry.first == wv)))
       diffs.push_back("unexpected " + prefix + entry.first);
 
   // Heads: d = Nq / H, Hkv = Nk / d, dv = Nv / Hkv. Without num_heads, the fewest heads
@@ -252,8 +252,8 @@ MultiHeadAttentionConfig MultiHeadAttention::infer_config(const std::map<std::st
           if (hdv != H * c.v_head_dim)
             diffs.push_back(prefix + wo + " dim 1 " + std::to_string(hdv) +
                             ", expected num_heads * v_head_dim = " + std::to_string(H * c.v_head_dim));
-          const bool standard = Dims(c).packed();
-          if (!llama && standard != (packed != nullptr))
+          const bool standard = Dims(c).single_in_proj();
+          if (!llama && standard != (in_proj != nullptr))
             diffs.push_back(standard
                                 ? "q/k/v_proj_weight where PyTorch's layout is in_proj_weight (kdim = vdim = "
                                   "embed_dim, equal widths)"

@@ -14,4 +14,7 @@ double gradient_error_scale(const Case& c);
 // (0 for f32), from the oracle's dsinks_rounding_l1 / _l2.
 double dsinks_extra(const Case& c, const BackwardResult& oracle);
 
+// The same bound for dbias, maximised over its elements, from dbias_rounding_l1 / _l2.
+double dbias_extra(const Case& c, const BackwardResult& oracle);
+
 }  // namespace multihead::reference

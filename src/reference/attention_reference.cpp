@@ -375,6 +375,10 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
   std::vector<Acc> dq(pb.q.size()), dk(pb.k.size()), dv(pb.v.size());  // head-major, unscaled
   // dS over the whole grid, reduced into dbias's own shape after the parallel part.
   std::vector<Acc> ds_grid(pb.has_bias() ? size_t(B * H * Lq * Lk) : 0);
+  // P over the grid and each row's Σ_j |a_ij|, Σ_j a_ij² (a_ij = P_ij Z_ij dP0_ij, the
+  // sensitivity of D_i to rounding P ∘ Z), for BackwardResult::dbias_rounding_l1 / _l2.
+  std::vector<Acc> p_grid(ds_grid.size());
+  std::vector<double> row_l1_grid(pb.has_bias() ? size_t(B * H * Lq) : 0), row_l2_grid(row_l1_grid.size());
   std::vector<Acc> dsinks_part(pb.has_sinks() ? pb.segments.size() * size_t(H) : 0);
   // Σ|a| and Σa² per (sequence, head) for BackwardResult::dsinks_rounding_l1 / _l2.
   std::vector<double> dsinks_l1_part(dsinks_part.size()), dsinks_l2_part(dsinks_part.size());
@@ -414,11 +418,12 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           const Acc z = pb.dropout(s, h, i, j);  // O = (P ∘ Z) V: dP = Z (dO · v_j)
           const Acc dp0 = dot(doi, pb.v_row(s, g, j), Dv);
           const Acc dS = pj * (z * dp0 - Di);
-          if (pb.has_sinks()) {
-            const double a = double(pj) * double(z) * double(dp0);
-            row_l1 += std::abs(a), row_l2 += a * a;
+          const double a = double(pj) * double(z) * double(dp0);
+          row_l1 += std::abs(a), row_l2 += a * a;
+          if (pb.has_bias() && j < s.extra0) {
+            ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
+            p_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = pj;
           }
-          if (pb.has_bias() && j < s.extra0) ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
           Acc dSc = dS;
           if (pb.softcap() > 0) {
             const Acc t = std::tanh(s_raw[size_t(j)] / pb.softcap());
@@ -433,6 +438,10 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           for (int64_t d = 0; d < D; ++d) dqi[d] += dSc * kjp[d];
           for (int64_t d = 0; d < D; ++d) dkj[d] += dSc * qi[d];
           for (int64_t d = 0; d < Dv; ++d) dvj[d] += pr * doi[d];
+        }
+        if (pb.has_bias()) {
+          row_l1_grid[size_t((s.b * H + h) * Lq + i)] = row_l1;
+          row_l2_grid[size_t((s.b * H + h) * Lq + i)] = row_l2;
         }
         if (pb.has_sinks()) {
           dsinks_part[size_t(seg * H + h)] -= std::exp(pb.sink(h) - lse) * Di;
@@ -452,11 +461,30 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
     r.dbias.assign(size_t(options.bias->numel()), 0.0);
     std::vector<Acc> dbias(r.dbias.size(), Acc(0));
     const Broadcast& map = pb.bias_map();
+    r.dbias_rounding_l1.assign(r.dbias.size(), 0.0);
+    r.dbias_rounding_l2.assign(r.dbias.size(), 0.0);
+    // W_e = Σ_j P_ij over the row's columns that land on dbias element e (several when bias
+    // broadcasts along keys): the row's δD_i moves dbias_e by -W_e δD_i.
+    std::vector<double> weight(r.dbias.size(), 0.0);
+    std::vector<size_t> touched;
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < Lq; ++i)
-          for (int64_t j = 0; j < Lk - options.extra_keys; ++j)  // no extra columns
-            dbias[size_t(map.dense(b, h, i, j))] += ds_grid[size_t(((b * H + h) * Lq + i) * Lk + j)];
+        for (int64_t i = 0; i < Lq; ++i) {
+          const size_t row = size_t((b * H + h) * Lq + i);
+          for (int64_t j = 0; j < Lk - options.extra_keys; ++j) {  // no extra columns
+            const size_t e = size_t(map.dense(b, h, i, j));
+            dbias[e] += ds_grid[row * size_t(Lk) + size_t(j)];
+            if (weight[e] == 0) touched.push_back(e);
+            weight[e] += double(p_grid[row * size_t(Lk) + size_t(j)]);
+          }
+          for (size_t e : touched) {
+            r.dbias_rounding_l1[e] += weight[e] * row_l1_grid[row];
+            r.dbias_rounding_l2[e] += weight[e] * weight[e] * row_l2_grid[row];
+            weight[e] = 0;
+          }
+          touched.clear();
+        }
+    for (double& x : r.dbias_rounding_l2) x = std::sqrt(x);
     std::copy(dbias.begin(), dbias.end(), r.dbias.begin());
   }
   if (pb.has_sinks()) {

@@ -35,6 +35,11 @@ struct BackwardResult {
   // of head h, the l1 and l2 norms Σ|a| and sqrt(Σ a²): relative errors δ_bij (|δ| <= u) in
   // P ∘ Z move dsink_h by -Σ a·δ (reference/allowances.cpp turns this into an allowance).
   std::vector<double> dsinks_rounding_l1, dsinks_rounding_l2;
+  // Shape of dbias, empty without bias: the same sensitivity for dbias. dbias_e sums
+  // dS_ij = P_ij (Z_ij dP_ij - D_i) over the (b, h, i, j) that land on e, so a row's δD_i =
+  // Σ_j' a_ij' δ_ij' (a as above, without the sink factor) moves it by -W δD_i, with W the
+  // row's Σ P_ij over those j: the norms over every row's W·a_ij'.
+  std::vector<double> dbias_rounding_l1, dbias_rounding_l2;
 };
 
 // The oracle: double accumulation, nothing rounded.
