@@ -24,7 +24,7 @@ bool selected(const BenchOptions& o, const std::string& group, const std::string
 }  // namespace
 
 const std::vector<std::string>& case_groups() {
-  static const std::vector<std::string> groups{"S1", "S2", "S3", "S4", "S5", "memory"};
+  static const std::vector<std::string> groups{"S1", "S2", "S3", "S4", "S5", "D1", "D2", "D3", "memory"};
   return groups;
 }
 
@@ -32,6 +32,8 @@ bool is_case_name(const std::string& name) {
   const auto& groups = case_groups();
   if (std::find(groups.begin(), groups.end(), name) != groups.end()) return true;
   for (const reference::SpeedCase& c : reference::speed_cases())
+    if (c.id == name) return true;
+  for (const CachedCase& c : cached_cases())
     if (c.id == name) return true;
   return false;
 }
@@ -76,6 +78,12 @@ BenchReport run_bench(const BenchOptions& options, std::FILE* log) {
     report.rows.push_back(run_module_case(budget, report.peaks, threads));
     done(report.rows.back());
   }
+  for (const CachedCase& c : cached_cases()) {
+    if (!selected(options, c.group, c.id)) continue;
+    std::fprintf(log, "%s %s...\n", c.id.c_str(), c.title.c_str());
+    report.rows.push_back(run_cached_case(c, budget, report.peaks));
+    done(report.rows.back());
+  }
   if (options.peer && (!ran.empty() || module)) {
     std::fprintf(log, "PyTorch peer...\n");
     std::fflush(log);
@@ -84,7 +92,8 @@ BenchReport run_bench(const BenchOptions& options, std::FILE* log) {
     report.torch.error = "n/a (--no-peer)";
   }
   for (Row& row : report.rows)
-    if (!row.torch_ms && row.torch_note.empty()) row.torch_note = row.id == "memory" ? "n/a (not a peer case)" : report.torch.error;
+    if (!row.torch_ms && row.torch_note.empty())
+      row.torch_note = row.id == "memory" || row.dense_note.size() ? "n/a (not a peer case)" : report.torch.error;
   return report;
 }
 

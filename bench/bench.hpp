@@ -17,7 +17,7 @@ namespace multihead::bench {
 
 struct BenchOptions {
   bool quick = false;              // the whole run under a minute
-  std::vector<std::string> cases;  // groups "S1".."S5", "memory"; empty = all
+  std::vector<std::string> cases;  // groups "S1".."S5", "D1".."D3", "memory"; empty = all
   int threads = 0;                 // 0 = all cores; the same count goes to PyTorch
   bool peer = true;                // time PyTorch too (when /usr/bin/python3 has torch)
   int repeats = 0;                 // timed repeats per case; 0 = as many as fit the time budget
@@ -42,6 +42,8 @@ struct Row {
   std::optional<double> peak_fraction;
   std::optional<double> naive_ms;  // whole-shape time (scaled when naive_scaled)
   std::string naive_note;          // how it was obtained, or why absent
+  std::optional<double> dense_ms;  // KV-cache rows: the same work through the functional API
+  std::string dense_note;
   std::optional<double> torch_ms;
   std::string torch_note;
   std::string check;               // "ok 0.12" (worst error / allowed), "FAIL ...", "n/a"

@@ -43,27 +43,8 @@ Row make_row(std::string id, std::string title, std::string shape) {
   return row;
 }
 
-void set_rate(Row& row, double peak, const std::string& peak_name) {
-  if (row.bytes > 0) {
-    row.unit = "GB/s";
-    row.rate = row.bytes / (row.median_ms * 1e-3) * 1e-9;
-  } else {
-    row.unit = "GFLOP/s";
-    row.rate = row.flops / (row.median_ms * 1e-3) * 1e-9;
-  }
-  row.peak_name = peak_name;
-  if (peak > 0) row.peak_fraction = row.rate / peak;
-}
 
-void set_stats(Row& row, const Stats& s) {
-  row.ran = true;
-  row.median_ms = s.median, row.min_ms = s.min, row.max_ms = s.max, row.repeats = s.n;
-}
 
-void set_check(Row& row, const Check& check) {
-  row.check = check.text();
-  row.check_pass = check.pass();
-}
 
 void set_naive(Row& row, const NaiveTime& t, int64_t total, const char* unit) {
   row.naive_ms = t.ms;
@@ -87,6 +68,28 @@ bool reset_peak_rss() {
 }
 
 }  // namespace
+
+void set_rate(Row& row, double peak, const std::string& peak_name) {
+  if (row.bytes > 0) {
+    row.unit = "GB/s";
+    row.rate = row.bytes / (row.median_ms * 1e-3) * 1e-9;
+  } else {
+    row.unit = "GFLOP/s";
+    row.rate = row.flops / (row.median_ms * 1e-3) * 1e-9;
+  }
+  row.peak_name = peak_name;
+  if (peak > 0) row.peak_fraction = row.rate / peak;
+}
+
+void set_stats(Row& row, const Stats& s) {
+  row.ran = true;
+  row.median_ms = s.median, row.min_ms = s.min, row.max_ms = s.max, row.repeats = s.n;
+}
+
+void set_check(Row& row, const Check& check) {
+  row.check = check.text();
+  row.check_pass = check.pass();
+}
 
 std::string shape_text(const Case& c) {
   std::string s = format("B=%lld ", (long long)c.B);

@@ -13,6 +13,7 @@
 
 #include "bench/bench.hpp"
 #include "multihead/attention.hpp"
+#include "multihead/kv_cache.hpp"
 #include "reference/case_tables.hpp"
 #include "reference/compare.hpp"
 
@@ -105,9 +106,27 @@ constexpr int64_t kModuleB = 8, kModuleL = 256, kModuleE = 512, kModuleHeads = 8
 // "B=1 L=2048 H=32 Hkv=8 D=128 causal"
 std::string shape_text(const reference::Case& c);
 
+// Filling a row (cases.cpp): timing, rate against a peak, check.
+void set_stats(Row& row, const Stats& s);
+void set_rate(Row& row, double peak, const std::string& peak_name);
+void set_check(Row& row, const Check& check);
+
 Row run_attention_case(const reference::SpeedCase& sc, const Budget& budget, const Peaks& peaks, int threads);
 Row run_memory_case(const Budget& budget, const Peaks& peaks);
 Row run_module_case(const Budget& budget, const Peaks& peaks, int threads);
+
+// ---------------------------------------------------------------- KV cache (cached_cases.cpp)
+
+// D1-D3: attention_forward_cached over a paged KV cache of H 32, Hkv 8, D 128.
+struct CachedCase {
+  std::string id, group, title;
+  KvCacheDType cache_dtype;
+  DType q_dtype;                 // q, the new tokens and the output
+  std::vector<int64_t> lengths;  // cached tokens per sequence before the call
+  int64_t new_tokens;            // Lq: 1 decodes; more are appended, then attended (causal)
+};
+const std::vector<CachedCase>& cached_cases();
+Row run_cached_case(const CachedCase& c, const Budget& budget, const Peaks& peaks);
 
 // ---------------------------------------------------------------- PyTorch peer (torch_peer.cpp)
 
