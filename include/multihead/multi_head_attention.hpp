@@ -11,10 +11,12 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "multihead/attention.hpp"
+#include "multihead/kv_cache.hpp"
 #include "multihead/safetensors.hpp"
 #include "multihead/tensor.hpp"
 
@@ -35,6 +37,13 @@ struct MultiHeadAttentionConfig {
   float dropout = 0.0f;      // attention-weight dropout in training mode
   uint64_t seed = 0;         // initialisation and dropout
   DType dtype = DType::kF32;  // weights: kF32 or kBF16
+  // Rotary position embeddings (rotary.hpp) of Q and K after the projections: 0 = off,
+  // else even and <= head_dim. Positions are the tokens' indices (0..L-1 in forward; the
+  // sequence's cached length + i in the cached forward); keys appended by add_bias_kv /
+  // add_zero_attn are not rotated.
+  int64_t rotary_dim = 0;
+  double rotary_base = 10000.0;
+  bool rotary_interleaved = false;  // false: Llama/NeoX halves; true: GPT-J pairs
 
   // The same config with every 0 replaced by its default; throws InvalidArgument when
   // a value is impossible (e.g. embed_dim % num_heads with head_dim 0).
@@ -92,6 +101,19 @@ class MultiHeadAttention {
   // fused QKV GEMM). Inputs are f32 (B, L, features) views of any strides; they are
   // copied, so they need not outlive the call.
   MhaOutput forward(const TensorView& query, const TensorView* key = nullptr, const TensorView* value = nullptr,
+                    const MhaForwardOptions& options = {});
+  // Self-attention over a KV cache (kv_cache.hpp), for generation: projects query
+  // (B, Lq, E) f32, rotates Q and the new K at their absolute positions (the sequence's
+  // length before the call + i), appends the new K, V to sequence seqs[b] and attends over
+  // everything cached, causally (query i sees the sequence's tokens up to its own, so
+  // feeding a sequence in chunks gives what one forward over it with causal=kTopLeft does).
+  // options.attention may carry the score options (scale, softcap, window, alibi_slopes,
+  // sinks); its causal must be kNone or kBottomRight (the call is causal either way).
+  // The cache must have the module's num_kv_heads, head_dim and v_head_dim; add_bias_kv,
+  // add_zero_attn, training, need_weights and need_head_stats are errors. Inference only:
+  // afterwards backward() has no forward to differentiate. A failing call changes neither
+  // the module nor the cache.
+  MhaOutput forward(const TensorView& query, KvCache& cache, std::span<const int64_t> seqs,
                     const MhaForwardOptions& options = {});
   // Gradients of the last forward; parameter gradients accumulate into grads.
   MhaInputGrads backward(const TensorView& dout);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "multihead/attention.hpp"
@@ -128,6 +129,17 @@ struct OptionBuffers {
 // of k and v are its extra_keys), with owned copies of every tensor (backward reuses them;
 // the caller's may be gone).
 AttentionOptions lower_options(const AttentionOptions& user, OptionBuffers buf, int64_t extra);
+
+// Input checks and copies (multi_head_attention.cpp): x must be f32 (B, L, features).
+void check_input(const TensorView& x, const char* name, int64_t features, const char* letter);
+// (B, L, F) view of any strides -> dense (B·L, F) rows.
+void copy_rows(const TensorView& x, float* dst);
+
+// Rotary positions (rotary_heads.cpp): rotates heads x (B, L, heads, dim) f32 in place,
+// row l of batch b at position first[b] + l (first empty: 0), per the config's rotary_*;
+// transpose applies Rᵀ instead (the chain rule of the gradients).
+void rotate_heads(const TensorView& x, const MultiHeadAttentionConfig& c, std::span<const int64_t> first,
+                  bool transpose);
 
 }  // namespace multihead::detail
 

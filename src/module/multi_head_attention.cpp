@@ -20,10 +20,7 @@ namespace multihead {
 
 using namespace detail;  // Dims, Param, Rows, Matrix, Scratch, fail, view4
 
-namespace {
-
-// (B, L, F) view of any strides -> dense (B·L, F) rows.
-void copy_rows(const TensorView& x, float* dst) {
+void detail::copy_rows(const TensorView& x, float* dst) {
   const float* src = static_cast<const float*>(x.data);
   const int64_t B = x.shape[0], L = x.shape[1], F = x.shape[2];
   for (int64_t b = 0; b < B; ++b)
@@ -37,7 +34,7 @@ void copy_rows(const TensorView& x, float* dst) {
     }
 }
 
-void check_input(const TensorView& x, const char* name, int64_t features, const char* letter) {
+void detail::check_input(const TensorView& x, const char* name, int64_t features, const char* letter) {
   if (x.rank != 3)
     fail(ErrorKind::kInvalidShape, name, "rank", "3 (B, L, features)", std::to_string(x.rank) + " " + x.shape_string());
   if (x.dtype != DType::kF32) fail(ErrorKind::kInvalidArgument, name, "dtype", "float32", to_string(x.dtype));
@@ -53,6 +50,8 @@ void check_input(const TensorView& x, const char* name, int64_t features, const 
          std::to_string(x.shape[2]));
   if (x.data == nullptr && x.numel() > 0) fail(ErrorKind::kInvalidArgument, name, "data", "a non-null pointer", "null");
 }
+
+namespace {
 
 void check_dim(const TensorView& x, const char* name, int d, const char* letter, int64_t expected,
                const std::string& why) {
@@ -153,6 +152,9 @@ MhaOutput MultiHeadAttention::forward(const TensorView& query, const TensorView*
       for (int64_t j = 0; j < nv; ++j) vr[j] = learned ? s.bias_v[j] : 0.0f;
       if (self) std::fill_n(q_data + b * q_bs + row * q_ld, nq, 0.0f);  // keeps the bf16 copy defined
     }
+  // Rotary positions 0..L-1 on the input rows (not the appended keys), before any rounding.
+  rotate_heads(view4(q_data, DType::kF32, {B, Lq, d.H, d.d}, {q_bs, q_ld, d.d, 1}), c, {}, false);
+  rotate_heads(view4(k_data, DType::kF32, {B, Lk, d.Hkv, d.d}, {kv_bs, kv_ld, d.d, 1}), c, {}, false);
   void *q_att = q_data, *k_att = k_data, *v_att = v_data;
   if (act == DType::kBF16) {
     // bf16 weights: attention runs on bf16-rounded Q, K, V (same layout).
@@ -254,6 +256,10 @@ MhaInputGrads MultiHeadAttention::backward(const TensorView& dout) {
                         TensorView::contiguous(dv, DType::kF32, {B, Lke, d.Hkv, d.dv}), std::nullopt, std::nullopt};
   attention_backward(TensorView::contiguous(dheads, DType::kF32, {B, Lq, d.H, d.dv}), s.q, s.k, s.v, s.heads, s.lse,
                      grads, s.options);
+
+  // Through the rotary positions: the gradient w.r.t. the unrotated projection is Rᵀ dQ.
+  rotate_heads(grads.dq, config_, {}, true);
+  rotate_heads(view4(dk, DType::kF32, {B, Lk, d.Hkv, d.d}, {Lke * nk, nk, d.d, 1}), config_, {}, true);
 
   // The learned appended key/value get their rows' gradients, summed over the batch;
   // the zero key/value's are dropped.

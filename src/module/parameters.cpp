@@ -73,6 +73,11 @@ MultiHeadAttentionConfig MultiHeadAttentionConfig::resolved() const {
     fail(ErrorKind::kInvalidArgument, "config", "dropout", "in [0, 1)", std::to_string(c.dropout));
   if (c.dtype != DType::kF32 && c.dtype != DType::kBF16)
     fail(ErrorKind::kInvalidArgument, "config", "dtype", "float32 or bfloat16", to_string(c.dtype));
+  if (c.rotary_dim < 0 || c.rotary_dim % 2 != 0 || c.rotary_dim > c.head_dim)
+    fail(ErrorKind::kInvalidArgument, "config", "rotary_dim", "0 (off) or even and <= head_dim=" + std::to_string(c.head_dim),
+         std::to_string(c.rotary_dim));
+  if (!(std::isfinite(c.rotary_base) && c.rotary_base > 0.0))
+    fail(ErrorKind::kInvalidArgument, "config", "rotary_base", "finite and > 0", std::to_string(c.rotary_base));
   return c;
 }
 
