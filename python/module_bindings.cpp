@@ -112,7 +112,7 @@ class PyMultiHeadAttention {
                      const py::object& mask, const py::object& bias, const py::object& causal,
                      const py::object& seqlens_k, const py::object& window, const py::object& alibi_slopes,
                      double softcap, const py::object& sinks, bool need_weights, bool average_weights,
-                     bool training) {
+                     bool training, const py::object& cache, const py::object& seqs) {
     // Self-attention when key and value are None; the module checks that both or
     // neither are given.
     std::vector<Input> inputs;  // keeps every array the views below point into alive
@@ -139,7 +139,17 @@ class PyMultiHeadAttention {
     a.sinks = array(sinks, "sinks", float{});
 
     mh::MhaOutput result;
-    {
+    if (!cache.is_none()) {
+      // Generation: self-attention over the cache (MultiHeadAttention::forward with a cache).
+      if (k || v) throw mh::Error(mh::ErrorKind::kInvalidArgument, k ? "key" : "value", "", "None with a cache", "an array");
+      if (seqs.is_none()) throw mh::Error(mh::ErrorKind::kInvalidArgument, "seqs", "", "given with cache", "None");
+      mh::KvCache& kv = cache.cast<mh::KvCache&>();
+      const std::vector<int64_t> ids = seqs.cast<std::vector<int64_t>>();
+      py::gil_scoped_release release;
+      std::lock_guard lock(mutex_);
+      result = module_.forward(q, kv, ids, options);
+    } else {
+      if (!seqs.is_none()) throw mh::Error(mh::ErrorKind::kInvalidArgument, "cache", "", "given with seqs", "None");
       py::gil_scoped_release release;
       std::lock_guard lock(mutex_);
       result = module_.forward(q, k ? &*k : nullptr, v ? &*v : nullptr, options);
@@ -232,6 +242,9 @@ class PyMultiHeadAttention {
     d["dropout"] = c.dropout;
     d["seed"] = c.seed;
     d["dtype"] = dtype_name(c.dtype);
+    d["rotary_dim"] = c.rotary_dim;
+    d["rotary_base"] = c.rotary_base;
+    d["rotary_interleaved"] = c.rotary_interleaved;
     return d;
   }
 
@@ -247,15 +260,18 @@ void init_module_bindings(py::module_& m) {
       m, "MultiHeadAttention",
       "MultiHeadAttention(embed_dim, num_heads, *, num_kv_heads=None, head_dim=None, v_head_dim=None,\n"
       "                   kdim=None, vdim=None, out_dim=None, bias=True, add_bias_kv=False,\n"
-      "                   add_zero_attn=False, dropout=0.0, seed=0, dtype='float32')\n\n"
+      "                   add_zero_attn=False, dropout=0.0, seed=0, dtype='float32', rotary_dim=0,\n"
+      "                   rotary_base=10000.0, rotary_interleaved=False)\n\n"
       "Learned Q/K/V/O projections around multihead.attention, weight-compatible with\n"
       "torch.nn.MultiheadAttention (state_dict names are PyTorch's). num_kv_heads < num_heads\n"
       "gives GQA/MQA; head_dim defaults to embed_dim // num_heads; dtype is the weights'\n"
-      "('float32' or 'bfloat16'). Inputs are batch-first.")
+      "('float32' or 'bfloat16'). Inputs are batch-first. rotary_dim > 0 rotates Q and K\n"
+      "(multihead.apply_rotary's arithmetic) at the tokens' positions after the projections.")
       .def(py::init([](int64_t embed_dim, int64_t num_heads, const py::object& num_kv_heads,
                        const py::object& head_dim, const py::object& v_head_dim, const py::object& kdim,
                        const py::object& vdim, const py::object& out_dim, bool bias, bool add_bias_kv,
-                       bool add_zero_attn, double dropout, uint64_t seed, const std::string& dtype) {
+                       bool add_zero_attn, double dropout, uint64_t seed, const std::string& dtype,
+                       int64_t rotary_dim, double rotary_base, bool rotary_interleaved) {
              mh::MultiHeadAttentionConfig c;
              c.embed_dim = embed_dim;
              c.num_heads = num_heads;
@@ -271,27 +287,35 @@ void init_module_bindings(py::module_& m) {
              c.dropout = float(dropout);
              c.seed = seed;
              c.dtype = parse_weight_dtype(dtype);
+             c.rotary_dim = rotary_dim;
+             c.rotary_base = rotary_base;
+             c.rotary_interleaved = rotary_interleaved;
              return new PyMultiHeadAttention(c);
            }),
            py::arg("embed_dim"), py::arg("num_heads"), py::kw_only(), py::arg("num_kv_heads") = py::none(),
            py::arg("head_dim") = py::none(), py::arg("v_head_dim") = py::none(), py::arg("kdim") = py::none(),
            py::arg("vdim") = py::none(), py::arg("out_dim") = py::none(), py::arg("bias") = true,
            py::arg("add_bias_kv") = false, py::arg("add_zero_attn") = false, py::arg("dropout") = 0.0,
-           py::arg("seed") = 0, py::arg("dtype") = "float32")
+           py::arg("seed") = 0, py::arg("dtype") = "float32", py::arg("rotary_dim") = 0,
+           py::arg("rotary_base") = 10000.0, py::arg("rotary_interleaved") = false)
       .def("forward", &PyMultiHeadAttention::forward,
            "forward(query, key=None, value=None, *, mask=None, bias=None, causal=None, seqlens_k=None,\n"
            "        window=None, alibi_slopes=None, softcap=0.0, sinks=None, need_weights=False,\n"
-           "        average_weights=True, training=False) -> out | (out, weights)\n\n"
+           "        average_weights=True, training=False, cache=None, seqs=None) -> out | (out, weights)\n\n"
            "query (B, Lq, E), key (B, Lk, kdim), value (B, Lk, vdim): float arrays, any strides;\n"
            "key=None is self-attention. Options as for multihead.attention (mask True = may\n"
            "attend, broadcast to (B, H, Lq, Lk) over the input keys). out (B, Lq, out_dim);\n"
            "weights (B, Lq, Lk') averaged over heads, or (B, H, Lq, Lk') per head, where Lk'\n"
-           "counts the keys add_bias_kv/add_zero_attn append. training=True applies dropout.",
+           "counts the keys add_bias_kv/add_zero_attn append. training=True applies dropout.\n"
+           "With cache (a multihead.KVCache) and seqs (B sequence ids): generation. The new tokens'\n"
+           "K, V are appended to the sequences and each query attends causally over its whole\n"
+           "sequence (inference only: no weights, no backward).",
            py::arg("query"), py::arg("key") = py::none(), py::arg("value") = py::none(), py::kw_only(),
            py::arg("mask") = py::none(), py::arg("bias") = py::none(), py::arg("causal") = py::none(),
            py::arg("seqlens_k") = py::none(), py::arg("window") = py::none(), py::arg("alibi_slopes") = py::none(),
            py::arg("softcap") = 0.0, py::arg("sinks") = py::none(), py::arg("need_weights") = false,
-           py::arg("average_weights") = true, py::arg("training") = false)
+           py::arg("average_weights") = true, py::arg("training") = false, py::arg("cache") = py::none(),
+           py::arg("seqs") = py::none())
       .def("backward", &PyMultiHeadAttention::backward,
            "backward(dout) -> (dquery, dkey, dvalue)\n\n"
            "Gradients of the last forward; parameter gradients accumulate (see grads()).\n"

@@ -236,7 +236,7 @@ def test_config_defaults():
     c = multihead.MultiHeadAttention(64, 8).config
     assert c == dict(embed_dim=64, num_heads=8, num_kv_heads=8, head_dim=8, v_head_dim=8, kdim=64, vdim=64,
                      out_dim=64, bias=True, add_bias_kv=False, add_zero_attn=False, dropout=0.0, seed=0,
-                     dtype="float32")
+                     dtype="float32", rotary_dim=0, rotary_base=10000.0, rotary_interleaved=False)
 
 
 def test_parameter_count_does_not_depend_on_num_heads():
@@ -454,3 +454,41 @@ def test_errors(rng, tmp_path):
         m.backward(rand(rng, 2, 3, 9))
     with pytest.raises(multihead.Error, match="mask"):
         m.forward(rand(rng, 2, 3, 8), mask=np.ones((5, 5), bool))
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary_generation_through_the_cache_equals_the_causal_forward(rng, interleaved):
+    # Token-by-token generation through a KVCache gives the module's causal full forward
+    # (rotary positions continue from each sequence's length; the rotation itself is
+    # checked against rotate_half and GPT-J's form in test_rotary.py).
+    E, H, Hkv, L = 32, 4, 2, 9
+    m = multihead.MultiHeadAttention(E, H, num_kv_heads=Hkv, rotary_dim=6, rotary_base=100.0,
+                                     rotary_interleaved=interleaved, seed=5)
+    assert m.config["rotary_dim"] == 6
+    x = rand(rng, 2, L, E)
+    full = m.forward(x, causal="top_left")
+    cache = multihead.KVCache(Hkv, E // H, capacity=64, block_size=4)
+    seqs = [cache.new_sequence(), cache.new_sequence()]
+    steps = [m.forward(x[:, i:i + 1], cache=cache, seqs=seqs) for i in range(L)]
+    assert_close(np.concatenate(steps, axis=1), full, TOL, "generated")
+    assert cache.length(seqs[0]) == L
+
+    # The rotated queries change the scores: a module without rotary differs.
+    plain = multihead.MultiHeadAttention(E, H, num_kv_heads=Hkv, seed=5)
+    assert np.abs(plain.forward(x, causal="top_left") - full).max() > 1e-3
+
+
+def test_cache_arguments_are_checked(rng):
+    m = multihead.MultiHeadAttention(16, 4, num_kv_heads=2)
+    cache = multihead.KVCache(2, 4, capacity=16)
+    sid = cache.new_sequence()
+    x = rand(rng, 1, 2, 16)
+    for call, tensor, kind in [
+            (lambda: m.forward(x, cache=cache), "seqs", "InvalidArgument"),
+            (lambda: m.forward(x, seqs=[sid]), "cache", "InvalidArgument"),
+            (lambda: m.forward(x, cache=multihead.KVCache(1, 4, capacity=16), seqs=[0]), "cache", "InvalidShape"),
+            (lambda: multihead.MultiHeadAttention(16, 4, rotary_dim=3), "config", "InvalidArgument")]:
+        with pytest.raises(multihead.Error) as info:
+            call()
+        assert (info.value.tensor, info.value.kind) == (tensor, kind)
+    assert cache.length(sid) == 0
