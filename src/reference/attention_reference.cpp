@@ -380,8 +380,10 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
   std::vector<Acc> p_grid(ds_grid.size());
   std::vector<double> row_l1_grid(pb.has_bias() ? size_t(B * H * Lq) : 0), row_l2_grid(row_l1_grid.size());
   std::vector<Acc> dsinks_part(pb.has_sinks() ? pb.segments.size() * size_t(H) : 0);
-  // Σ|a| and Σa² per (sequence, head) for BackwardResult::dsinks_rounding_l1 / _l2.
+  // Σ|a| and Σa² per (sequence, head) for BackwardResult::dsinks_rounding_l1 / _l2, and the
+  // same for dsinks_score_l1 / _l2.
   std::vector<double> dsinks_l1_part(dsinks_part.size()), dsinks_l2_part(dsinks_part.size());
+  std::vector<double> score_l1_part(dsinks_part.size()), score_l2_part(dsinks_part.size());
 
   // One item per (sequence, kv head): it owns dk/dv of its keys and dq of its query
   // heads, and walks them in a fixed order.
@@ -411,6 +413,7 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
         const Acc Di = dot(doi, o.data(), Dv);
 
         double row_l1 = 0, row_l2 = 0;  // Σ_j |P Z dP0| and Σ_j (P Z dP0)² of this row
+        double score_l1 = 0, score_l2 = 0;  // Σ_j |b c| and Σ_j (b c)² (dsinks_score_l1 / _l2)
         for (int64_t j = 0; j < s.lk; ++j) {
           const Acc pj = p[size_t(j)];
           if (pj == 0) continue;  // masked (or underflowed): dS_ij = 0
@@ -420,6 +423,20 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           const Acc dS = pj * (z * dp0 - Di);
           const double a = double(pj) * double(z) * double(dp0);
           row_l1 += std::abs(a), row_l2 += a * a;
+          if (pb.has_sinks()) {
+            // d(e^{sink - lse} D_i) / ds_ij = P_ij (Z_ij dP0_ij - 2 D_i), and the f32 error of
+            // s_ij in units of 2^-24 (attention_reference.hpp, dsinks_score_l1).
+            const double b = double(pj) * (double(z) * double(dp0) - 2.0 * double(Di));
+            const double sj = double(s_raw[size_t(j)]);
+            double abs_sum = 0, partial = 0, partials2 = 0;
+            for (int64_t d = 0; d < D; ++d) {
+              const double t = double(qi[d]) * double(pb.k_row(s, g, j)[d]);
+              abs_sum += std::abs(t), partial += t, partials2 += partial * partial;
+            }
+            const double sc = std::abs(double(pb.scale())), rest = 2 * std::abs(sj) + std::abs(sj - double(lse)) + 2;
+            score_l1 += std::abs(b) * (double(D) * sc * abs_sum + rest);
+            score_l2 += b * b * (sc * sc * partials2 + rest * rest);
+          }
           if (pb.has_bias() && j < s.extra0) {
             ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
             p_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = pj;
@@ -448,6 +465,8 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
           const double w = std::exp(double(pb.sink(h)) - double(lse));
           dsinks_l1_part[size_t(seg * H + h)] += w * row_l1;
           dsinks_l2_part[size_t(seg * H + h)] += w * w * row_l2;
+          score_l1_part[size_t(seg * H + h)] += w * score_l1;
+          score_l2_part[size_t(seg * H + h)] += w * w * score_l2;
         }
       }
     }
@@ -491,14 +510,19 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
     std::vector<Acc> dsinks(size_t(H), Acc(0));
     r.dsinks_rounding_l1.assign(size_t(H), 0.0);
     r.dsinks_rounding_l2.assign(size_t(H), 0.0);
+    r.dsinks_score_l1.assign(size_t(H), 0.0);
+    r.dsinks_score_l2.assign(size_t(H), 0.0);
     for (size_t seg = 0; seg < pb.segments.size(); ++seg)
       for (int64_t h = 0; h < H; ++h) {
         dsinks[size_t(h)] += dsinks_part[seg * size_t(H) + size_t(h)];
         r.dsinks_rounding_l1[size_t(h)] += dsinks_l1_part[seg * size_t(H) + size_t(h)];
         r.dsinks_rounding_l2[size_t(h)] += dsinks_l2_part[seg * size_t(H) + size_t(h)];
+        r.dsinks_score_l1[size_t(h)] += score_l1_part[seg * size_t(H) + size_t(h)];
+        r.dsinks_score_l2[size_t(h)] += score_l2_part[seg * size_t(H) + size_t(h)];
       }
     r.dsinks.assign(dsinks.begin(), dsinks.end());
     for (double& x : r.dsinks_rounding_l2) x = std::sqrt(x);
+    for (double& x : r.dsinks_score_l2) x = std::sqrt(x);
   }
   return r;
 }

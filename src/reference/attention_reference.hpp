@@ -35,6 +35,16 @@ struct BackwardResult {
   // of head h, the l1 and l2 norms Σ|a| and sqrt(Σ a²): relative errors δ_bij (|δ| <= u) in
   // P ∘ Z move dsink_h by -Σ a·δ (reference/allowances.cpp turns this into an allowance).
   std::vector<double> dsinks_rounding_l1, dsinks_rounding_l2;
+  // (H), empty without sinks: the sensitivity of dsinks to the f32 error of the scores.
+  // dsink_h moves by Σ b_ij δs_ij, b_ij = e^{sink - lse_i} P_ij (Z_ij dP0_ij - 2 D_i) (through
+  // lse_i and D_i), and δs_ij is a sum of single roundings (each <= 2^-24 of its result): the
+  // D additions of the dot product q_i · k_j (result: a partial sum, times scale), the
+  // scaling and softcap (2|s_ij|), the exponent's subtraction (|s_ij - lse_i|) and exp's
+  // 1 ulp (2). dsinks_score_l1 = Σ |b| (D·scale·Σ_d |q_id k_jd| + the rest), the worst case
+  // in any order; dsinks_score_l2 = sqrt(Σ b² (scale² Σ_m (Σ_{d<=m} q_id k_jd)² + the rest²)),
+  // the l2 norm of the single roundings' coefficients in sequential order (a 16-lane order's
+  // partial sums are shorter).
+  std::vector<double> dsinks_score_l1, dsinks_score_l2;
   // Shape of dbias, empty without bias: the same sensitivity for dbias. dbias_e sums
   // dS_ij = P_ij (Z_ij dP_ij - D_i) over the (b, h, i, j) that land on e, so a row's δD_i =
   // Σ_j' a_ij' δ_ij' (a as above, without the sink factor) moves it by -W δD_i, with W the
