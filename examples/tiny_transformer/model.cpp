@@ -194,6 +194,17 @@ void Block::backward(std::vector<float>& dx) {
   for (size_t i = 0; i < dx.size(); ++i) dx[i] += branch_[i];
 }
 
+void Block::forward_cached(std::vector<float>& x, int64_t B, int64_t n, multihead::KvCache& cache,
+                           std::span<const int64_t> seqs) {
+  ln1_.forward(x, a_);
+  multihead::MhaOutput out = attn_.forward(multihead::TensorView::of(a_.data(), {B, n, E_}), cache, seqs);
+  const float* o = out.out.data_as<float>();
+  for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+  ln2_.forward(x, a_);
+  mlp_.forward(a_, branch_);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += branch_[i];
+}
+
 void Block::collect(std::vector<ParamSlot>& slots) {
   ln1_.collect(slots);
   const std::string prefix = "attn.";
@@ -252,6 +263,35 @@ const std::vector<float>& TinyTransformer::forward(const std::vector<int32_t>& t
       for (int64_t c = 0; c < E; ++c) x[c] = t[c] + p[c];
     }
   for (Block& block : blocks_) block.forward(x_, B, L, keep_weights, keep_head_stats);
+  ln_f_.forward(x_, y_);
+  unembed_.forward(y_, logits_);
+  return logits_;
+}
+
+std::vector<multihead::KvCache> TinyTransformer::make_caches(int64_t capacity) const {
+  std::vector<multihead::KvCache> caches;
+  multihead::KvCacheOptions o;
+  o.num_kv_heads = config_.heads, o.head_dim = config_.d_model / config_.heads, o.capacity = capacity;
+  for (int64_t l = 0; l < config_.layers; ++l) caches.emplace_back(o);
+  return caches;
+}
+
+const std::vector<float>& TinyTransformer::forward_cached(const std::vector<int32_t>& tokens, int64_t B, int64_t n,
+                                                          std::vector<multihead::KvCache>& caches,
+                                                          std::span<const int64_t> seqs) {
+  const int64_t E = config_.d_model;
+  x_.resize(B * n * E);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t first = caches[0].length(seqs[size_t(b)]);  // the tokens' positions continue the sequence
+    if (first + n > config_.seq_len) throw std::invalid_argument("sequence longer than the position embeddings");
+    for (int64_t i = 0; i < n; ++i) {
+      const float* t = tok_emb_.data() + int64_t(tokens[b * n + i]) * E;
+      const float* p = pos_emb_.data() + (first + i) * E;
+      float* x = x_.data() + (b * n + i) * E;
+      for (int64_t c = 0; c < E; ++c) x[c] = t[c] + p[c];
+    }
+  }
+  for (size_t l = 0; l < blocks_.size(); ++l) blocks_[l].forward_cached(x_, B, n, caches[l], seqs);
   ln_f_.forward(x_, y_);
   unembed_.forward(y_, logits_);
   return logits_;

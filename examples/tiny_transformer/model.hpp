@@ -5,9 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "multihead/kv_cache.hpp"
 #include "multihead/multi_head_attention.hpp"
 
 namespace tiny_transformer {
@@ -96,6 +98,10 @@ class Block {
   // keep_head_stats the kernel's streaming per-head statistics.
   void forward(std::vector<float>& x, int64_t B, int64_t L, bool keep_weights, bool keep_head_stats);
   void backward(std::vector<float>& dx);  // dy (B, L, E) in, dx out, in place
+  // x (B, n, E) in place for n new tokens per sequence, attending over the cache
+  // (inference: no backward).
+  void forward_cached(std::vector<float>& x, int64_t B, int64_t n, multihead::KvCache& cache,
+                      std::span<const int64_t> seqs);
   void collect(std::vector<ParamSlot>& slots);
   const multihead::Tensor& weights() const { return weights_; }  // (B, H, L, L) or empty
   const multihead::Tensor& head_stats() const { return head_stats_; }  // (B, H, L, 3) or empty
@@ -120,6 +126,13 @@ class TinyTransformer {
   const std::vector<float>& forward(const std::vector<int32_t>& tokens, int64_t B, int64_t L,
                                     bool keep_weights = false, bool keep_head_stats = false);
   void backward(const std::vector<float>& dlogits);  // (B * L, vocab); gradients accumulate
+
+  // Generation: one KV cache per layer (f32, capacity tokens each), then tokens (B, n) ->
+  // logits (B * n, vocab) for n new tokens of sequences seqs (ids of every layer's cache:
+  // create them in the same order in each), at positions continuing each sequence.
+  std::vector<multihead::KvCache> make_caches(int64_t capacity) const;
+  const std::vector<float>& forward_cached(const std::vector<int32_t>& tokens, int64_t B, int64_t n,
+                                           std::vector<multihead::KvCache>& caches, std::span<const int64_t> seqs);
 
   std::vector<ParamSlot>& parameters() { return slots_; }
   const multihead::Tensor& attention_weights(int64_t layer) const { return blocks_[layer].weights(); }

@@ -128,6 +128,8 @@ DemoResult run_demo(const DemoConfig& config, const std::string& out_dir, FILE* 
                static_cast<long long>(config.heads), format_head_table(d.heads).c_str());
   std::fprintf(report, "\n%s", format_comparison(d.multi, d.single, config.task.vocab).c_str());
   std::fprintf(report, "training time: %.1f s + %.1f s\n", d.multi.seconds, d.single.seconds);
+  d.generation = compare_generation(multi, held_out_batch(config, BatchKind::kRepeated), config.task.seq_len * 5 / 8);
+  std::fprintf(report, "\n%s", format_generation(d.generation).c_str());
 
   std::filesystem::create_directories(out_dir);
   const AttentionPatterns example = attention_patterns(multi, held_out, 0);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tiny_transformer/generate.hpp"
 #include "tiny_transformer/heads_view.hpp"
 #include "tiny_transformer/model.hpp"
 #include "tiny_transformer/task.hpp"
@@ -56,6 +57,7 @@ std::string format_comparison(const TrainResult& multi, const TrainResult& singl
 struct DemoResult {
   TrainResult multi, single;
   std::vector<HeadSummary> heads;  // the multi-head model's, on held-out repeated sequences
+  GenerationResult generation;     // the multi-head model continuing held-out sequences
   std::string html_path, png_path;
 };
 

@@ -148,6 +148,37 @@ TEST(TinyTransformer, TinyDemoRunsAndLossFalls) {
   const std::string page((std::istreambuf_iterator<char>(html)), std::istreambuf_iterator<char>());
   EXPECT_NE(page.find("const DATA = "), std::string::npos);
   EXPECT_EQ(page.find("http"), std::string::npos) << "the page must not load anything";
+
+  // Generation: the cached path gives the recomputing path's tokens.
+  EXPECT_EQ(d.generation.sequences, 16);
+  EXPECT_EQ(d.generation.total, 16 * d.generation.new_tokens);
+  EXPECT_GT(d.generation.new_tokens, 0);
+  EXPECT_EQ(d.generation.same, d.generation.total);
+  EXPECT_EQ(d.generation.cache_bytes_per_token, 2.0 * 2 * 32 * 4);  // layers x (K, V) x E x f32
+}
+
+// Feeding a sequence token by token through the caches gives the full forward's logits (f32
+// both ways, differing only in summation order: logits here are below 1, so 1e-5 is ~100 ulp),
+// and past the position embeddings it refuses.
+TEST(TinyTransformer, CachedForwardMatchesTheFullForward) {
+  tt::TinyTransformer model(small_model());
+  const std::vector<int32_t> tokens = {1, 4, 2, 6, 0, 3, 5, 5, 1, 2, 3, 4};  // (2, 6)
+  const std::vector<float> full = model.forward(tokens, 2, 6);
+  std::vector<multihead::KvCache> caches = model.make_caches(32);
+  std::vector<int64_t> seqs;
+  for (int b = 0; b < 2; ++b) {
+    seqs.push_back(caches[0].new_sequence());
+    caches[1].new_sequence();
+  }
+  const int64_t V = 7;
+  for (int64_t i = 0; i < 6; ++i) {
+    const std::vector<int32_t> step = {tokens[size_t(i)], tokens[size_t(6 + i)]};
+    const std::vector<float> logits = model.forward_cached(step, 2, 1, caches, seqs);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t v = 0; v < V; ++v)
+        EXPECT_NEAR(logits[size_t(b * V + v)], full[size_t((b * 6 + i) * V + v)], 1e-5) << "b " << b << " i " << i;
+  }
+  EXPECT_THROW(model.forward_cached({1, 1}, 2, 1, caches, seqs), std::invalid_argument);  // past seq_len
 }
 
 // The claims at the default setting (about 90 s on 2 cores; run only in the release
