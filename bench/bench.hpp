@@ -46,6 +46,8 @@ struct Row {
   std::string dense_note;
   std::optional<double> torch_ms;
   std::string torch_note;
+  std::optional<double> ort_ms;  // ONNX Runtime's GroupQueryAttention on the same work (D1-fp32)
+  std::string ort_note;
   std::string check;               // "ok 0.12" (worst error / allowed), "FAIL ...", "n/a"
   bool check_pass = true;
   std::optional<double> rss_growth_mib;  // memory row: peak RSS growth of one call

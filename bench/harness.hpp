@@ -128,6 +128,21 @@ struct CachedCase {
 const std::vector<CachedCase>& cached_cases();
 Row run_cached_case(const CachedCase& c, const Budget& budget, const Peaks& peaks);
 
+// ---------------------------------------------------------------- ONNX Runtime peer (ort_peer.cpp)
+
+// One decode step of com.microsoft.GroupQueryAttention in ONNX Runtime (onnxruntime-node's
+// CPU library, run by node): q (1, 1, H, D), the cached past_k / past_v (1, P, Hkv, D) and
+// the new token's k_new / v_new (1, 1, Hkv, D), all f32; the query attends over the P + 1
+// keys. ms: median time of one run (nullopt when ORT is unavailable, `note` says why);
+// out: ORT's output (1, 1, H, D) from the last run, for the check against the oracle.
+struct OrtDecode {
+  std::optional<double> ms;
+  std::string note;   // "ONNX Runtime 1.31.1, N repeats, min X ms" or "n/a (...)"
+  std::vector<float> out;
+};
+OrtDecode run_ort_decode(const Tensor& q, const Tensor& past_k, const Tensor& past_v, const Tensor& k_new,
+                         const Tensor& v_new, int threads, const Budget& budget);
+
 // ---------------------------------------------------------------- PyTorch peer (torch_peer.cpp)
 
 // Times the same cases (and S5 when `module`) in PyTorch (bench/torch_peer.py) and fills
