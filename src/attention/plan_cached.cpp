@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "attention/cached.hpp"
+#include "kernels/kernels.hpp"
 #include "multihead/threads.hpp"
 
 namespace multihead::detail {
@@ -33,8 +34,8 @@ PagedParams plan_cached(const CachedSizes& z, const TensorView& q, const KvCache
   if (o.sinks) p.sinks = static_cast<const float*>(o.sinks->data), p.sinks_stride = o.sinks->strides[0];
   p.scores_plain = p.softcap <= 0.0f && !p.alibi_slopes;
 
-  p.cache = cache.layout();
-  p.keys_per_tile = std::min(p.cache.block_size, kTileK);
+  p.paged_cache = cache.layout();
+  p.keys_per_tile = std::min(p.paged_cache.block_size, kTileK);
   int64_t max_k = 0;
   for (int64_t b = 0; b < z.B; ++b) {
     SequenceSpan span;
@@ -43,7 +44,7 @@ PagedParams plan_cached(const CachedSizes& z, const TensorView& q, const KvCache
     span.k_len = cache.length(seqs[size_t(b)]);
     span.kv_offset = span.k_len - z.Lq;  // bottom-right: the last query is the last token
     p.seqs.push_back(span);
-    p.tables.push_back(cache.block_table(seqs[size_t(b)]).data());
+    p.paged_tables.push_back(cache.block_table(seqs[size_t(b)]).data());
     max_k = std::max(max_k, span.k_len);
   }
   p.Lk = max_k;
@@ -63,6 +64,14 @@ PagedParams plan_cached(const CachedSizes& z, const TensorView& q, const KvCache
   if (p.decode && z.B * z.H < kSplitBelowHeads)
     p.kv_splits = std::clamp<int64_t>(max_k / kSplitKeys, 1, kMaxSplits);
   p.num_threads = get_num_threads();
+
+  // The kernels' preconditions. Prefill runs the SIMD tiled path, which packs every key
+  // tile out of the blocks (nothing lies in place) and multiplies on vdpbf16ps when q and
+  // the cache are bf16 and the ISA has it.
+  p.paged = true;
+  p.kv_tiles_in_place = false;
+  p.keys_maskable = false;  // no mask or bias over a cache
+  p.bf16_dot = active_isa_traits().bf16_dot && q.dtype == DType::kBF16 && p.paged_cache.dtype == KvCacheDType::kBF16;
   return p;
 }
 

@@ -21,6 +21,7 @@ void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thr
 void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared);
 void paged_forward_portable(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
 void paged_forward_simd(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
+void paged_kernel_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared);  // those two's
 
 // The two implementations behind it.
 void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);

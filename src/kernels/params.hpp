@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "multihead/kv_cache.hpp"
 #include "multihead/tensor.hpp"
 
 namespace multihead::detail {
@@ -119,6 +120,13 @@ struct KernelOperands {
   int64_t extra_keys = 0;  // AttentionOptions::extra_keys: mask/bias/dbias cover Lk - extra_keys keys
   Activation q, k, v;  // inputs, one float dtype
   std::vector<SequenceSpan> seqs;
+  // Attention over a paged KV cache (src/attention/plan_cached.cpp): K and V rows lie in
+  // the cache's blocks, found through sequence b's block table (seqs[b].batch = b), and
+  // k and v are unused. Row j of kv head g: block paged_tables[b][j / block_size], row
+  // g · block_size + j % block_size of its K (V) block.
+  bool paged = false;
+  KvCacheLayout paged_cache;
+  std::vector<const int32_t*> paged_tables;
 };
 
 struct ScoreModifiers {

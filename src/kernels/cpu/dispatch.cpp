@@ -65,9 +65,21 @@ void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per
   else flash_forward_portable(p, scratch, scratch_per_thread);
 }
 
+// Over the paged cache, SIMD: decode on the paged kernel (along D, keys split), chunked
+// prefill on the forward's tiled path (it packs key tiles out of the blocks).
 void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
-  if (isa_choice().simd) paged_forward_simd(p, scratch, scratch_per_thread);
-  else paged_forward_portable(p, scratch, scratch_per_thread);
+  if (!isa_choice().simd) paged_forward_portable(p, scratch, scratch_per_thread);
+  else if (p.decode) paged_forward_simd(p, scratch, scratch_per_thread);
+  else flash_forward_simd(p, scratch, scratch_per_thread);
+}
+
+void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
+  if (isa_choice().simd && !p.decode) {
+    *per_thread = forward_simd_scratch_floats(p);
+    *shared = 0;
+  } else {
+    paged_kernel_scratch_floats(p, per_thread, shared);
+  }
 }
 
 void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared) {

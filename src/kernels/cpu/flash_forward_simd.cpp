@@ -9,6 +9,8 @@
 //     (decode_forward-inl.hpp);
 //   - out, lse, probs and head_stats are written by forward_outputs-inl.hpp.
 // This file holds the tiled path (f32 and vdpbf16ps) and the pass over the work items.
+// The tiled path also serves chunked prefill over the paged KV cache (p.paged): its key
+// tiles are packed out of the cache's blocks instead of read from k and v.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/flash_forward_simd.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -40,6 +42,7 @@ void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv
   const int64_t d2 = (p.D + 1) / 2;
   uint16_t* halves = reinterpret_cast<uint16_t*>(out);
   std::fill_n(out, kTileK * d2, 0u);
+  if (p.paged) return copy_paged_bf16_rows(p, false, s, hkv, j0, nk, halves, 2 * d2);
   for (int64_t c = 0; c < nk; ++c) {
     const uint16_t* src = static_cast<const uint16_t*>(p.k.data) + s.batch * p.k.stride_b +
                           (s.k_begin + j0 + c) * p.k.stride_l + hkv * p.k.stride_h;
@@ -50,7 +53,7 @@ void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv
 // True when rows [j0, j0 + kTileK) of k can serve as bf16 pairs where they lie: whole pairs
 // (even D), each row starting on a pair boundary.
 bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk) {
-  return nk == kTileK && p.D % 2 == 0 && p.k.stride_l % 2 == 0 &&
+  return !p.paged && nk == kTileK && p.D % 2 == 0 && p.k.stride_l % 2 == 0 &&
          reinterpret_cast<uintptr_t>(kv_row<bf16>(p.k, s, hkv, j0)) % 4 == 0;
 }
 
@@ -94,8 +97,13 @@ void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan
     if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
     // Oᵀ += Vᵀ Pᵀ over key pairs (a key past nk has P = 0 and a zero V row)
     const int64_t nk2 = (nk + 1) / 2;
-    bf16_pair_source_rows(reinterpret_cast<const uint16_t*>(kv_row<bf16>(p.v, s, hkv, j0)), p.v.stride_l, nk, p.Dv,
-                          nk2, w.v_pairs, t.dv_vec);
+    const uint16_t* v_rows = reinterpret_cast<const uint16_t*>(w.v);
+    int64_t v_stride = p.Dv;
+    if (p.paged)  // the tile's V rows out of their blocks, into w.v (unused on this path)
+      copy_paged_bf16_rows(p, true, s, hkv, j0, nk, reinterpret_cast<uint16_t*>(w.v), p.Dv);
+    else
+      v_rows = reinterpret_cast<const uint16_t*>(kv_row<bf16>(p.v, s, hkv, j0)), v_stride = p.v.stride_l;
+    bf16_pair_source_rows(v_rows, v_stride, nk, p.Dv, nk2, w.v_pairs, t.dv_vec);
     if (p.keys_maskable)
       for (int64_t c = 0; c < nk; ++c)
         if (key_unattended(w.s_t, c, t)) bf16_clear_pair_half(w.v_pairs, t.dv_vec, c, p.Dv);
@@ -127,8 +135,13 @@ void tiles_f32(const AttentionParams& p, const TileShape& t, const SequenceSpan&
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
     const bool k_in_place = p.kv_tiles_in_place && nk == kTileK, v_in_place = k_in_place && !p.keys_maskable;
-    if (!k_in_place) pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
-    if (!v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    if (p.paged) {
+      pack_paged_rows(p, false, s, hkv, j0, nk, p.D, w.k);
+      pack_paged_rows(p, true, s, hkv, j0, nk, t.dv_vec, w.v);
+    } else {
+      if (!k_in_place) pack_rows(p.k, s, hkv, j0, nk, p.D, p.D, w.k);
+      if (!v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+    }
     const float* k_rows = k_in_place ? kv_row<float>(p.k, s, hkv, j0) : w.k;
     const float* v_rows = v_in_place ? kv_row<float>(p.v, s, hkv, j0) : w.v;
     const int64_t k_stride = k_in_place ? p.k.stride_l : p.D, v_stride = v_in_place ? p.v.stride_l : t.dv_vec;

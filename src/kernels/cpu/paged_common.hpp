@@ -79,8 +79,8 @@ struct PagedTile {
   const float* v_scales;
 };
 inline PagedTile paged_tile(const PagedParams& p, int64_t seq, int64_t hkv, int64_t j) {
-  const KvCacheLayout& c = p.cache;
-  const int64_t block = p.tables[size_t(seq)][j / c.block_size], slot = j % c.block_size;
+  const KvCacheLayout& c = p.paged_cache;
+  const int64_t block = p.paged_tables[size_t(seq)][j / c.block_size], slot = j % c.block_size;
   const int64_t row = hkv * c.block_size + slot;
   const auto esize = int64_t(element_size(c.dtype));
   PagedTile t;

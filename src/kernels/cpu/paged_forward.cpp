@@ -28,7 +28,7 @@ void accumulate_portable(const PagedParams& p, const WorkItem& item, IndexRange 
                          const PagedScratch& w) {
   const SequenceSpan& s = p.seqs[size_t(item.seq)];
   const int64_t n = item.end - item.begin, rows = p.group * n;
-  const KvCacheDType dtype = p.cache.dtype;
+  const KvCacheDType dtype = p.paged_cache.dtype;
   const int64_t esize = int64_t(element_size(dtype));
   pack_paged_queries(p, item, w.q);
   for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += p.keys_per_tile) {
@@ -82,7 +82,7 @@ void paged_forward_portable(const PagedParams& p, float* scratch, int64_t scratc
             });
 }
 
-void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
+void paged_kernel_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
   PagedScratch counting;
   *per_thread = carve_paged(p, nullptr, &counting);
   *shared = paged_shared_floats(p);

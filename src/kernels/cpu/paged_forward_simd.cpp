@@ -150,7 +150,7 @@ void accumulate_typed(const PagedParams& p, const WorkItem& item, IndexRange key
 void PagedForwardSimd(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
   run_paged(p, scratch, scratch_per_thread,
             [&](const WorkItem& item, IndexRange keys, float* m, float* l, float* o, const PagedScratch& w) {
-              switch (p.cache.dtype) {
+              switch (p.paged_cache.dtype) {
                 case KvCacheDType::kBF16: accumulate_typed<bf16>(p, item, keys, m, l, o, w); break;
                 case KvCacheDType::kI8: accumulate_typed<int8_t>(p, item, keys, m, l, o, w); break;
                 default: accumulate_typed<float>(p, item, keys, m, l, o, w); break;

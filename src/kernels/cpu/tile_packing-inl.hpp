@@ -9,6 +9,8 @@
 #endif
 
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 
 #include <hwy/highway.h>
 
@@ -166,6 +168,52 @@ inline void pack_rows(const Activation& a, const SequenceSpan& s, int64_t hkv, i
 template <typename T>
 const T* kv_row(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t j) {
   return static_cast<const T*>(a.data) + s.batch * a.stride_b + (s.k_begin + j) * a.stride_l + hkv * a.stride_h;
+}
+
+// Row j of kv head hkv of sequence s in the paged cache (AttentionParams::paged): its
+// elements, and its int8 scale (1 for f32 and bf16 blocks).
+struct PagedRow {
+  const std::byte* data;
+  float scale;
+};
+inline PagedRow paged_row(const AttentionParams& p, bool values, const SequenceSpan& s, int64_t hkv, int64_t j) {
+  const KvCacheLayout& c = p.paged_cache;
+  const int64_t block = p.paged_tables[size_t(s.batch)][j / c.block_size];
+  const int64_t row = hkv * c.block_size + j % c.block_size, dim = values ? c.v_head_dim : c.head_dim;
+  const std::byte* blocks = values ? c.v_blocks : c.k_blocks;
+  const float* scales = values ? c.v_scales : c.k_scales;
+  return {blocks + block * (values ? c.v_block_bytes : c.k_block_bytes) + row * dim * int64_t(element_size(c.dtype)),
+          scales ? scales[block * c.scales_block_stride + row] : 1.0f};
+}
+
+// Rows [j0, j0 + nk) of the paged cache's keys (values: false) or values as f32 rows
+// `stride` floats apart (int8: scale · q, the values gather() gives), zero-padded to kTileK
+// rows: a tile spans kTileK / block_size blocks, each run of rows contiguous in its block.
+inline void pack_paged_rows(const AttentionParams& p, bool values, const SequenceSpan& s, int64_t hkv, int64_t j0,
+                            int64_t nk, int64_t stride, float* out) {
+  const KvCacheLayout& c = p.paged_cache;
+  const int64_t dim = values ? c.v_head_dim : c.head_dim;
+  for (int64_t col = 0; col < nk; ++col) {
+    const PagedRow row = paged_row(p, values, s, hkv, j0 + col);
+    float* dst = out + col * stride;
+    if (c.dtype == KvCacheDType::kI8) {
+      const auto* q = reinterpret_cast<const int8_t*>(row.data);
+      for (int64_t x = 0; x < dim; ++x) dst[x] = row.scale * float(q[x]);
+    } else {
+      load_row_simd(row.data, c.dtype == KvCacheDType::kBF16 ? DType::kBF16 : DType::kF32, 0, dim, dst);
+    }
+    std::fill(dst + dim, dst + stride, 0.0f);
+  }
+  std::fill(out + nk * stride, out + kTileK * stride, 0.0f);
+}
+
+// Rows [j0, j0 + nk) of a bf16 paged cache's keys or values copied as they are, `stride`
+// elements apart.
+inline void copy_paged_bf16_rows(const AttentionParams& p, bool values, const SequenceSpan& s, int64_t hkv,
+                                 int64_t j0, int64_t nk, uint16_t* out, int64_t stride) {
+  const int64_t dim = values ? p.paged_cache.v_head_dim : p.paged_cache.head_dim;
+  for (int64_t col = 0; col < nk; ++col)
+    std::memcpy(out + col * stride, paged_row(p, values, s, hkv, j0 + col).data, size_t(dim) * sizeof(uint16_t));
 }
 
 // With a mask or bias, a key inside the tile may be masked for every row; its K or V row
