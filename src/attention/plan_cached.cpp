@@ -65,10 +65,11 @@ PagedParams plan_cached(const CachedSizes& z, const TensorView& q, const KvCache
     p.kv_splits = std::clamp<int64_t>(max_k / kSplitKeys, 1, kMaxSplits);
   p.num_threads = get_num_threads();
 
-  // The kernels' preconditions. Prefill runs the SIMD tiled path, which packs every key
-  // tile out of the blocks (nothing lies in place) and multiplies on vdpbf16ps when q and
-  // the cache are bf16 and the ISA has it.
+  // The kernels' preconditions. The SIMD forward reads f32 and bf16 blocks (kernels/cpu/
+  // dispatch.cpp): its tiled path packs every key tile out of them (nothing lies in place)
+  // and multiplies on vdpbf16ps when q and the cache are bf16 and the ISA has it.
   p.paged = true;
+  p.k.dtype = p.v.dtype = p.paged_cache.dtype == KvCacheDType::kBF16 ? DType::kBF16 : DType::kF32;  // the element type
   p.kv_tiles_in_place = false;
   p.keys_maskable = false;  // no mask or bias over a cache
   p.bf16_dot = active_isa_traits().bf16_dot && q.dtype == DType::kBF16 && p.paged_cache.dtype == KvCacheDType::kBF16;

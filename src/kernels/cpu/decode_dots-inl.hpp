@@ -208,17 +208,23 @@ inline void pack_decode_queries(const AttentionParams& p, const TileShape& t, co
 // S[r·rs + c·cs] = scale · q_r · k_c for the first `rows` rows of q (pack_decode_queries).
 // The forward, its probs and stats, and the backward all score decode calls here, so P is
 // recomputed bit for bit.
+// The same for nk key rows at k, k_stride elements apart (the paged cache's runs).
 template <typename KT, class Ahead>
-void decode_scores(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t rows,
-                   int64_t j0, int64_t nk, const float* q, float* out, int64_t rs, int64_t cs, const Ahead& ahead) {
+void decode_scores_at(const AttentionParams& p, const TileShape& t, int64_t rows, const KT* k, int64_t k_stride,
+                      int64_t nk, const float* q, float* out, int64_t rs, int64_t cs, const Ahead& ahead) {
   if constexpr (std::is_same_v<KT, bf16>) {
     if (use_bf16_dot(p)) {
-      dot_scores_bf16(reinterpret_cast<const uint32_t*>(q), query_pair_stride(p), rows, kv_row<bf16>(p.k, s, hkv, j0),
-                      p.k.stride_l, p.D, nk, p.scale, out, rs, cs, ahead);
+      dot_scores_bf16(reinterpret_cast<const uint32_t*>(q), query_pair_stride(p), rows, k, k_stride, p.D, nk, p.scale,
+                      out, rs, cs, ahead);
       return;
     }
   }
-  dot_scores(q, t.d_vec, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, p.D, nk, out, rs, cs, ahead);
+  dot_scores(q, t.d_vec, rows, k, k_stride, p.D, nk, out, rs, cs, ahead);
+}
+template <typename KT, class Ahead>
+void decode_scores(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t rows,
+                   int64_t j0, int64_t nk, const float* q, float* out, int64_t rs, int64_t cs, const Ahead& ahead) {
+  decode_scores_at<KT>(p, t, rows, kv_row<KT>(p.k, s, hkv, j0), p.k.stride_l, nk, q, out, rs, cs, ahead);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

@@ -1,8 +1,8 @@
 // The SIMD forward's decode path (re-included once per Highway target; included by
 // flash_forward_simd.cpp only): calls whose sequences have at most kDecodeQueries queries
-// score along D and weight V along Dv, reading K and V rows where they lie; with few
-// heads their keys run in p.kv_splits chunks (fixed by shape), merged by LSE in
-// merge_splits.
+// score along D and weight V along Dv, reading K and V rows where they lie (in k and v, or
+// in the paged cache's blocks, run by run); with few heads their keys run in p.kv_splits
+// chunks (fixed by shape), merged by LSE in merge_splits.
 #if defined(MULTIHEAD_DECODE_FORWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef MULTIHEAD_DECODE_FORWARD_INL_H_
 #undef MULTIHEAD_DECODE_FORWARD_INL_H_
@@ -110,10 +110,19 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
                  int64_t n, int64_t j0, int64_t nk, int64_t jb, const float* q, const DecodeState& st,
                  const ForwardTiles& w) {
   const int64_t rows = p.group * n;
-  const RowPrefetch k_ahead = prefetch_rows<T>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
-  const RowPrefetch v_ahead = prefetch_rows<T>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
-  decode_scores<T>(p, t, s, hkv, rows, j0, nk, q, w.s_t, kTileK, 1,
-                    [&](int64_t c) { k_ahead(c), v_ahead(c); });  // S[r, c] = scale · q_r · k_c
+  const auto paged_rows = [&](bool values, int64_t c0) {
+    return reinterpret_cast<const T*>(paged_row(p, values, s, hkv, j0 + c0).data);
+  };
+  // S[r, c] = scale · q_r · k_c
+  if (p.paged) {
+    for_each_paged_run(p, j0, nk, [&](int64_t c0, int64_t run) {
+      decode_scores_at<T>(p, t, rows, paged_rows(false, c0), p.D, run, q, w.s_t + c0, kTileK, 1, [](int64_t) {});
+    });
+  } else {
+    const RowPrefetch k_ahead = prefetch_rows<T>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
+    const RowPrefetch v_ahead = prefetch_rows<T>(p.v, s, hkv, j0 + kPrefetchKeys, jb, p.Dv);
+    decode_scores<T>(p, t, s, hkv, rows, j0, nk, q, w.s_t, kTileK, 1, [&](int64_t c) { k_ahead(c), v_ahead(c); });
+  }
   const bool plain = tile_is_plain(p, s, i0, n, j0, nk);
   for (int64_t r = 0; r < rows; ++r) {
     float* srow = w.s_t + r * kTileK;
@@ -124,11 +133,18 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
   }
   if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, kTileK, 1, w.row);
   // O += P V
+  if (plain && p.paged) {
+    for_each_paged_run(p, j0, nk, [&](int64_t c0, int64_t run) {
+      weighted_rows(w.s_t + c0, kTileK, rows, paged_rows(true, c0), p.Dv, p.Dv, run, st.o, st.o_stride);
+    });
+    return;
+  }
   if (plain) {
     weighted_rows(w.s_t, kTileK, rows, kv_row<T>(p.v, s, hkv, j0), p.v.stride_l, p.Dv, nk, st.o, st.o_stride);
     return;
   }
-  pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
+  if (p.paged) pack_paged_rows(p, true, s, hkv, j0, nk, t.dv_vec, w.v);
+  else pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
   for (int64_t c = 0; c < nk; ++c) {
     bool attended = false;
     for (int64_t r = 0; r < rows; ++r) attended |= w.s_t[r * kTileK + c] != 0.0f;
@@ -190,8 +206,10 @@ uint32_t stream_tile(const AttentionParams& p, const SequenceSpan& s, int64_t j0
   };
   for (int64_t c = 0; c < nk; ++c)
     for (int64_t h = 0; h < p.Hkv; ++h) {
-      touch(kv_row<T>(p.k, s, h, j0 + c), p.D * int64_t(sizeof(T)));
-      touch(kv_row<T>(p.v, s, h, j0 + c), p.Dv * int64_t(sizeof(T)));
+      touch(p.paged ? static_cast<const void*>(paged_row(p, false, s, h, j0 + c).data) : kv_row<T>(p.k, s, h, j0 + c),
+            p.D * int64_t(sizeof(T)));
+      touch(p.paged ? static_cast<const void*>(paged_row(p, true, s, h, j0 + c).data) : kv_row<T>(p.v, s, h, j0 + c),
+            p.Dv * int64_t(sizeof(T)));
     }
   return x;
 }

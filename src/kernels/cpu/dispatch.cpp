@@ -65,18 +65,23 @@ void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per
   else flash_forward_portable(p, scratch, scratch_per_thread);
 }
 
-// Over the paged cache, SIMD: decode on the paged kernel (along D, keys split), chunked
-// prefill on the forward's tiled path (it packs key tiles out of the blocks).
+// Over the paged cache, SIMD: the forward's kernel reads f32 and bf16 blocks (its decode
+// path run by run, its tiled path packing key tiles out of the blocks); int8 decode runs
+// the paged kernel, which dequantizes in registers.
+static bool paged_on_forward_kernel(const PagedParams& p) {
+  return isa_choice().simd && (!p.decode || p.paged_cache.dtype != KvCacheDType::kI8);
+}
+
 void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
-  if (!isa_choice().simd) paged_forward_portable(p, scratch, scratch_per_thread);
-  else if (p.decode) paged_forward_simd(p, scratch, scratch_per_thread);
-  else flash_forward_simd(p, scratch, scratch_per_thread);
+  if (paged_on_forward_kernel(p)) flash_forward_simd(p, scratch, scratch_per_thread);
+  else if (isa_choice().simd) paged_forward_simd(p, scratch, scratch_per_thread);
+  else paged_forward_portable(p, scratch, scratch_per_thread);
 }
 
 void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
-  if (isa_choice().simd && !p.decode) {
+  if (paged_on_forward_kernel(p)) {
     *per_thread = forward_simd_scratch_floats(p);
-    *shared = 0;
+    *shared = forward_simd_shared_floats(p);
   } else {
     paged_kernel_scratch_floats(p, per_thread, shared);
   }

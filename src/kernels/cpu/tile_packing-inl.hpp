@@ -186,6 +186,18 @@ inline PagedRow paged_row(const AttentionParams& p, bool values, const SequenceS
           scales ? scales[block * c.scales_block_stride + row] : 1.0f};
 }
 
+// Keys [j0, j0 + nk) of the paged cache as runs that stay inside one block (each run's
+// rows are contiguous there): f(c0, run) for the tile's columns [c0, c0 + run), in order.
+template <class F>
+inline void for_each_paged_run(const AttentionParams& p, int64_t j0, int64_t nk, F&& f) {
+  const int64_t bs = p.paged_cache.block_size;
+  for (int64_t c0 = 0; c0 < nk;) {
+    const int64_t run = std::min(nk - c0, bs - (j0 + c0) % bs);
+    f(c0, run);
+    c0 += run;
+  }
+}
+
 // Rows [j0, j0 + nk) of the paged cache's keys (values: false) or values as f32 rows
 // `stride` floats apart (int8: scale · q, the values gather() gives), zero-padded to kTileK
 // rows: a tile spans kTileK / block_size blocks, each run of rows contiguous in its block.
