@@ -15,13 +15,13 @@ namespace multihead::detail {
 void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);
 void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64_t* shared);
 
-// Attention over the paged KV cache (same dispatch; paged_forward*.cpp). Scratch:
+// Attention over the paged KV cache (same dispatch: SIMD on flash_forward_simd, which
+// reads the blocks when AttentionParams::paged; portable in paged_forward.cpp). Scratch:
 // per_thread floats for each thread, then shared floats (split partial states).
 void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
 void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared);
 void paged_forward_portable(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
-void paged_forward_simd(const PagedParams& p, float* scratch, int64_t scratch_per_thread);
-void paged_kernel_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared);  // those two's
+void paged_portable_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared);
 
 // The two implementations behind it.
 void flash_forward_portable(const AttentionParams& p, float* scratch, int64_t scratch_per_thread);

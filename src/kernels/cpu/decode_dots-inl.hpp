@@ -31,8 +31,10 @@ namespace HWY_NAMESPACE {
 inline float widen(float x) { return x; }
 inline float widen(bf16 x) { return bf16_to_float(x); }
 inline float widen(f16 x) { return f16_to_float(x); }
+inline float widen(int8_t x) { return float(x); }  // an int8 cache's quantized value (scale applied by the caller)
 
-// Elements [x, x + N) of a row as one f32 vector (bf16 and f16 widened exactly).
+// Elements [x, x + N) of a row as one f32 vector (bf16 and f16 widened exactly, int8 as
+// its integer values).
 template <typename T>
 HWY_INLINE hn::Vec<FloatTag> load_widened(const T* HWY_RESTRICT row, int64_t x) {
   const FloatTag d;
@@ -41,6 +43,10 @@ HWY_INLINE hn::Vec<FloatTag> load_widened(const T* HWY_RESTRICT row, int64_t x) 
   } else if constexpr (std::is_same_v<T, bf16>) {
     const hn::Rebind<hwy::bfloat16_t, FloatTag> dh;
     return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::bfloat16_t*>(row) + x));
+  } else if constexpr (std::is_same_v<T, int8_t>) {
+    const hn::Rebind<int8_t, FloatTag> d8;
+    const hn::Rebind<int32_t, FloatTag> d32;
+    return hn::ConvertTo(d, hn::PromoteTo(d32, hn::LoadU(d8, row + x)));
   } else {
     const hn::Rebind<hwy::float16_t, FloatTag> dh;
     return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + x));

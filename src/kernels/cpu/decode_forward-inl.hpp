@@ -117,6 +117,11 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
   if (p.paged) {
     for_each_paged_run(p, j0, nk, [&](int64_t c0, int64_t run) {
       decode_scores_at<T>(p, t, rows, paged_rows(false, c0), p.D, run, q, w.s_t + c0, kTileK, 1, [](int64_t) {});
+      if constexpr (std::is_same_v<T, int8_t>) {  // int8: k_c = scale_c · q_c, so S[r, c] = scale_c · (q_r · q_c)
+        const float* scales = paged_row(p, false, s, hkv, j0 + c0).scale;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < run; ++c) w.s_t[r * kTileK + c0 + c] *= scales[c];
+      }
     });
   } else {
     const RowPrefetch k_ahead = prefetch_rows<T>(p.k, s, hkv, j0 + kPrefetchKeys, jb, p.D);
@@ -135,6 +140,11 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
   // O += P V
   if (plain && p.paged) {
     for_each_paged_run(p, j0, nk, [&](int64_t c0, int64_t run) {
+      if constexpr (std::is_same_v<T, int8_t>) {  // int8: P_c · v_c = (P_c · scale_c) · q_c (P is not read again)
+        const float* scales = paged_row(p, true, s, hkv, j0 + c0).scale;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < run; ++c) w.s_t[r * kTileK + c0 + c] *= scales[c];
+      }
       weighted_rows(w.s_t + c0, kTileK, rows, paged_rows(true, c0), p.Dv, p.Dv, run, st.o, st.o_stride);
     });
     return;
@@ -171,6 +181,8 @@ void accumulate_decode_typed(const AttentionParams& p, const TileShape& t, const
 
 void accumulate_decode(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv,
                        int64_t i0, int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
+  if (p.paged && p.paged_cache.dtype == KvCacheDType::kI8)
+    return accumulate_decode_typed<int8_t>(p, t, s, hkv, i0, n, ja, jb, w);
   with_float_type(p.k.dtype, [&](auto type) {  // k and v share q's dtype (validate.cpp)
     accumulate_decode_typed<typename decltype(type)::type>(p, t, s, hkv, i0, n, ja, jb, w);
   });
@@ -261,6 +273,8 @@ void accumulate_decode_chunk_typed(const AttentionParams& p, const TileShape& t,
 
 void accumulate_decode_chunk(const AttentionParams& p, const TileShape& t, int64_t seq, int64_t chunk, float* shared,
                              const ForwardTiles& w) {
+  if (p.paged && p.paged_cache.dtype == KvCacheDType::kI8)
+    return accumulate_decode_chunk_typed<int8_t>(p, t, seq, chunk, shared, w);
   with_float_type(p.k.dtype, [&](auto type) {  // k and v share q's dtype (validate.cpp)
     accumulate_decode_chunk_typed<typename decltype(type)::type>(p, t, seq, chunk, shared, w);
   });

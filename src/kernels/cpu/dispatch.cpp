@@ -65,25 +65,20 @@ void flash_forward(const AttentionParams& p, float* scratch, int64_t scratch_per
   else flash_forward_portable(p, scratch, scratch_per_thread);
 }
 
-// Over the paged cache, SIMD: the forward's kernel reads f32 and bf16 blocks (its decode
-// path run by run, its tiled path packing key tiles out of the blocks); int8 decode runs
-// the paged kernel, which dequantizes in registers.
-static bool paged_on_forward_kernel(const PagedParams& p) {
-  return isa_choice().simd && (!p.decode || p.paged_cache.dtype != KvCacheDType::kI8);
-}
-
+// Over the paged cache: SIMD on the forward's kernel (its decode path reads the blocks run
+// by run, widening bf16 and int8 in registers; its tiled path packs key tiles out of
+// them), the scalar ISA on the portable paged kernel.
 void paged_forward(const PagedParams& p, float* scratch, int64_t scratch_per_thread) {
-  if (paged_on_forward_kernel(p)) flash_forward_simd(p, scratch, scratch_per_thread);
-  else if (isa_choice().simd) paged_forward_simd(p, scratch, scratch_per_thread);
+  if (isa_choice().simd) flash_forward_simd(p, scratch, scratch_per_thread);
   else paged_forward_portable(p, scratch, scratch_per_thread);
 }
 
 void paged_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
-  if (paged_on_forward_kernel(p)) {
+  if (isa_choice().simd) {
     *per_thread = forward_simd_scratch_floats(p);
     *shared = forward_simd_shared_floats(p);
   } else {
-    paged_kernel_scratch_floats(p, per_thread, shared);
+    paged_portable_scratch_floats(p, per_thread, shared);
   }
 }
 

@@ -1,6 +1,6 @@
-// What the paged-cache kernels share (paged_forward.cpp, portable, and
-// paged_forward_simd.cpp): scratch, the key chunks of an item, where a tile of keys lies in
-// the pool, the pass over the work items with split merging, and writing out and lse.
+// The portable paged-cache kernel's scaffolding (paged_forward.cpp): scratch, the key
+// chunks of an item, where a tile of keys lies in the pool, the pass over the work items
+// with split merging, and writing out and lse.
 //
 // A work item is (sequence, kv head, query rows) and covers the group's H / Hkv query
 // heads: row r is head hkv·group + r / n, query i0 + r % n, so each K/V tile is read once

@@ -1,5 +1,5 @@
-// The portable forward over the paged KV cache (the scalar twin of paged_forward_simd.cpp,
-// run under MULTIHEAD_ISA=scalar): per work item (sequence, kv head, query rows of every
+// The portable forward over the paged KV cache (the scalar twin of the SIMD forward's
+// paged reads, run under MULTIHEAD_ISA=scalar): per work item (sequence, kv head, query rows of every
 // head of the group) and key tile of one block, scores, online softmax and P·V on rows of
 // S, with K and V widened element by element as they are read (int8: scale · q).
 #include <cmath>
@@ -82,7 +82,7 @@ void paged_forward_portable(const PagedParams& p, float* scratch, int64_t scratc
             });
 }
 
-void paged_kernel_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
+void paged_portable_scratch_floats(const PagedParams& p, int64_t* per_thread, int64_t* shared) {
   PagedScratch counting;
   *per_thread = carve_paged(p, nullptr, &counting);
   *shared = paged_shared_floats(p);

@@ -171,10 +171,11 @@ const T* kv_row(const Activation& a, const SequenceSpan& s, int64_t hkv, int64_t
 }
 
 // Row j of kv head hkv of sequence s in the paged cache (AttentionParams::paged): its
-// elements, and its int8 scale (1 for f32 and bf16 blocks).
+// elements, and where its int8 scale lies (null for f32 and bf16 blocks); the scales of a
+// run of rows inside one block are consecutive.
 struct PagedRow {
   const std::byte* data;
-  float scale;
+  const float* scale;
 };
 inline PagedRow paged_row(const AttentionParams& p, bool values, const SequenceSpan& s, int64_t hkv, int64_t j) {
   const KvCacheLayout& c = p.paged_cache;
@@ -183,7 +184,7 @@ inline PagedRow paged_row(const AttentionParams& p, bool values, const SequenceS
   const std::byte* blocks = values ? c.v_blocks : c.k_blocks;
   const float* scales = values ? c.v_scales : c.k_scales;
   return {blocks + block * (values ? c.v_block_bytes : c.k_block_bytes) + row * dim * int64_t(element_size(c.dtype)),
-          scales ? scales[block * c.scales_block_stride + row] : 1.0f};
+          scales ? scales + block * c.scales_block_stride + row : nullptr};
 }
 
 // Keys [j0, j0 + nk) of the paged cache as runs that stay inside one block (each run's
@@ -210,7 +211,7 @@ inline void pack_paged_rows(const AttentionParams& p, bool values, const Sequenc
     float* dst = out + col * stride;
     if (c.dtype == KvCacheDType::kI8) {
       const auto* q = reinterpret_cast<const int8_t*>(row.data);
-      for (int64_t x = 0; x < dim; ++x) dst[x] = row.scale * float(q[x]);
+      for (int64_t x = 0; x < dim; ++x) dst[x] = *row.scale * float(q[x]);
     } else {
       load_row_simd(row.data, c.dtype == KvCacheDType::kBF16 ? DType::kBF16 : DType::kF32, 0, dim, dst);
     }
