@@ -128,6 +128,16 @@ struct CachedCase {
 const std::vector<CachedCase>& cached_cases();
 Row run_cached_case(const CachedCase& c, const Budget& budget, const Peaks& peaks);
 
+// ---------------------------------------------------------------- processes (torch_peer.cpp)
+
+// Runs argv (argv[0] an absolute path) with extra environment entries ("KEY=value", over
+// the inherited ones); returns its stdout, or nullopt when it could not run or exited
+// non-zero (stderr goes to `stderr_path`).
+std::optional<std::string> run_capture(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                                       const std::string& stderr_path);
+// The last non-empty line of a file ("" when there is none).
+std::string last_line(const std::string& path);
+
 // ---------------------------------------------------------------- ONNX Runtime peer (ort_peer.cpp)
 
 // One decode step of com.microsoft.GroupQueryAttention in ONNX Runtime (onnxruntime-node's

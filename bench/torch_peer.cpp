@@ -18,20 +18,9 @@ extern char** environ;
 
 namespace multihead::bench {
 
-// bench/torch_peer.py, embedded at configure time (torch_peer_source.cpp).
+// bench/torch_peer.py, embedded at configure time (peer_sources.cpp).
 extern const char* const kTorchPeerSource;
 
-namespace {
-
-using json = nlohmann::json;
-using reference::SpeedCase;
-
-const char* causal_name(CausalAlign c) {
-  return c == CausalAlign::kNone ? "none" : c == CausalAlign::kTopLeft ? "top_left" : "bottom_right";
-}
-
-// Runs argv with extra environment entries; returns its stdout, or nullopt when it
-// could not run or exited non-zero (stderr goes to `stderr_path`).
 std::optional<std::string> run_capture(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                                        const std::string& stderr_path) {
   std::vector<std::string> env_strings = env;
@@ -74,6 +63,15 @@ std::string last_line(const std::string& path) {
   while (std::getline(in, line))
     if (!line.empty()) last = line;
   return last;
+}
+
+namespace {
+
+using json = nlohmann::json;
+using reference::SpeedCase;
+
+const char* causal_name(CausalAlign c) {
+  return c == CausalAlign::kNone ? "none" : c == CausalAlign::kTopLeft ? "top_left" : "bottom_right";
 }
 
 }  // namespace
