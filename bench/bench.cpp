@@ -81,7 +81,7 @@ BenchReport run_bench(const BenchOptions& options, std::FILE* log) {
   for (const CachedCase& c : cached_cases()) {
     if (!selected(options, c.group, c.id)) continue;
     std::fprintf(log, "%s %s...\n", c.id.c_str(), c.title.c_str());
-    report.rows.push_back(run_cached_case(c, budget, report.peaks));
+    report.rows.push_back(run_cached_case(c, budget, report.peaks, threads, options.peer));
     done(report.rows.back());
   }
   if (options.peer && (!ran.empty() || module)) {

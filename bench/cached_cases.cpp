@@ -75,7 +75,7 @@ const std::vector<CachedCase>& cached_cases() {
   return cases;
 }
 
-Row run_cached_case(const CachedCase& cc, const Budget& budget, const Peaks& peaks) {
+Row run_cached_case(const CachedCase& cc, const Budget& budget, const Peaks& peaks, int threads, bool peer) {
   const int64_t B = int64_t(cc.lengths.size()), Lq = cc.new_tokens;
   const bool prefill = Lq > 1;  // D3: Lq new tokens appended on top of the cached prefix
   const int64_t total = std::accumulate(cc.lengths.begin(), cc.lengths.end(), int64_t(0));
@@ -163,6 +163,32 @@ Row run_cached_case(const CachedCase& cc, const Budget& budget, const Peaks& pea
   row.dense_note = format("functional API, %s (B, Lk, Hkv, D)%s", to_string(dense),
                           B > 1 ? " padded, seqlens_k" : "");
   if (prefill) row.dense_note += ", keys already in place (no append)";
+
+  // The peer: ONNX Runtime's GroupQueryAttention decoding the last token over the rest
+  // (its static cache), f32 only, checked against the oracle like ours.
+  if (cc.id == "D1-fp32") {
+    if (!peer) {
+      row.ort_note = "n/a (--no-peer)";
+    } else {
+      const int64_t P = Lk - 1;
+      Tensor past_k = Tensor::empty(DType::kF32, {1, P, kHkv, kD}), past_v = Tensor::empty(DType::kF32, {1, P, kHkv, kD});
+      Tensor k_last = Tensor::empty(DType::kF32, {1, 1, kHkv, kD}), v_last = Tensor::empty(DType::kF32, {1, 1, kHkv, kD});
+      const int64_t head_rows = kHkv * kD;
+      std::copy_n(k.data_as<float>(), P * head_rows, past_k.data_as<float>());
+      std::copy_n(v.data_as<float>(), P * head_rows, past_v.data_as<float>());
+      std::copy_n(k.data_as<float>() + P * head_rows, head_rows, k_last.data_as<float>());
+      std::copy_n(v.data_as<float>() + P * head_rows, head_rows, v_last.data_as<float>());
+      const OrtDecode ort = run_ort_decode(q.t, past_k, past_v, k_last, v_last, threads, budget);
+      row.ort_ms = ort.ms;
+      row.ort_note = ort.note;
+      if (ort.ms && ort.out.size() == size_t(kH * kD)) {
+        Tensor ort_out = Tensor::empty(DType::kF32, {1, 1, kH, kD});
+        std::copy(ort.out.begin(), ort.out.end(), ort_out.data_as<float>());
+        const Check c = check_forward_rows(q.t, k, v, ort_out, CausalAlign::kBottomRight);
+        row.ort_note += "; its output against the oracle: " + c.text();
+      }
+    }
+  }
   row.naive_note = "n/a (see S3 for the naive decode path)";
   return row;
 }

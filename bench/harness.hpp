@@ -126,7 +126,8 @@ struct CachedCase {
   int64_t new_tokens;            // Lq: 1 decodes; more are appended, then attended (causal)
 };
 const std::vector<CachedCase>& cached_cases();
-Row run_cached_case(const CachedCase& c, const Budget& budget, const Peaks& peaks);
+// With peer, D1-fp32 also times ONNX Runtime on the same keys (run_ort_decode).
+Row run_cached_case(const CachedCase& c, const Budget& budget, const Peaks& peaks, int threads, bool peer);
 
 // ---------------------------------------------------------------- processes (torch_peer.cpp)
 

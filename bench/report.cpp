@@ -29,19 +29,20 @@ void print_report(const BenchReport& r, std::FILE* out) {
                p.fp32_gflops, p.fp32_isa.c_str(),
                p.bf16_gflops ? format("%.1f GFLOP/s", *p.bf16_gflops).c_str() : "n/a (no avx512bf16)", p.read_gbps,
                double(p.read_bytes) / (1 << 20));
-  std::fprintf(out, "%-8s %-20s %-44s %9s %9s %9s %3s %9s %-7s %6s %-8s %7s %7s %7s  %s\n", "case", "what", "shape",
-               "median ms", "min ms", "max ms", "n", "rate", "unit", "%peak", "of", "x naive", "x dense", "x torch",
-               "check");
+  std::fprintf(out, "%-8s %-20s %-44s %9s %9s %9s %3s %9s %-7s %6s %-8s %7s %7s %7s %7s  %s\n", "case", "what",
+               "shape", "median ms", "min ms", "max ms", "n", "rate", "unit", "%peak", "of", "x naive", "x dense",
+               "x torch", "x ort", "check");
   for (const Row& row : r.rows) {
     if (!row.ran) {
       std::fprintf(out, "%-8s %-20s %-44s %s\n", row.id.c_str(), row.title.c_str(), row.shape.c_str(), row.note.c_str());
       continue;
     }
-    std::fprintf(out, "%-8s %-20s %-44s %9.3f %9.3f %9.3f %3d %9.1f %-7s %6s %-8s %7s %7s %7s  %s\n", row.id.c_str(),
-                 row.title.c_str(), row.shape.c_str(), row.median_ms, row.min_ms, row.max_ms, row.repeats, row.rate,
-                 row.unit.c_str(), row.peak_fraction ? format("%.1f%%", 100 * *row.peak_fraction).c_str() : "n/a",
+    std::fprintf(out, "%-8s %-20s %-44s %9.3f %9.3f %9.3f %3d %9.1f %-7s %6s %-8s %7s %7s %7s %7s  %s\n",
+                 row.id.c_str(), row.title.c_str(), row.shape.c_str(), row.median_ms, row.min_ms, row.max_ms,
+                 row.repeats, row.rate, row.unit.c_str(),
+                 row.peak_fraction ? format("%.1f%%", 100 * *row.peak_fraction).c_str() : "n/a",
                  row.peak_name.c_str(), ratio(row.naive_ms, row).c_str(), ratio(row.dense_ms, row).c_str(),
-                 ratio(row.torch_ms, row).c_str(), row.check.c_str());
+                 ratio(row.torch_ms, row).c_str(), ratio(row.ort_ms, row).c_str(), row.check.c_str());
   }
   std::fprintf(out, "notes:\n");
   for (const Row& row : r.rows) {
@@ -49,6 +50,8 @@ void print_report(const BenchReport& r, std::FILE* out) {
     else if (!row.naive_note.empty()) std::fprintf(out, "  %s: naive %s\n", row.id.c_str(), row.naive_note.c_str());
     if (row.dense_ms) std::fprintf(out, "  %s: dense %.3f ms (%s)\n", row.id.c_str(), *row.dense_ms, row.dense_note.c_str());
     if (row.torch_ms) std::fprintf(out, "  %s: torch %.3f ms (%s)\n", row.id.c_str(), *row.torch_ms, row.torch_note.c_str());
+    if (row.ort_ms) std::fprintf(out, "  %s: ONNX Runtime %.3f ms (%s)\n", row.id.c_str(), *row.ort_ms, row.ort_note.c_str());
+    else if (!row.ort_note.empty()) std::fprintf(out, "  %s: ONNX Runtime %s\n", row.id.c_str(), row.ort_note.c_str());
     if (row.ran && !row.note.empty()) std::fprintf(out, "  %s: %s\n", row.id.c_str(), row.note.c_str());
   }
   std::fprintf(out, "  S3 and D1-D2 rates count the K and V bytes read (int8: with its scales); K/V are evicted from the\n"
@@ -79,6 +82,8 @@ void write_json(const BenchReport& r, const std::string& path) {
                 {"speedup_dense", row.dense_ms ? json(*row.dense_ms / row.median_ms) : json(nullptr)},
                 {"torch_ms", opt(row.torch_ms)}, {"torch_note", row.torch_note},
                 {"speedup_torch", row.torch_ms ? json(*row.torch_ms / row.median_ms) : json(nullptr)},
+                {"ort_ms", opt(row.ort_ms)}, {"ort_note", row.ort_note},
+                {"speedup_ort", row.ort_ms ? json(*row.ort_ms / row.median_ms) : json(nullptr)},
                 {"rss_growth_mib", opt(row.rss_growth_mib)}});
     }
     rows.push_back(j);

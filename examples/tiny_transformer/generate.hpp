@@ -18,6 +18,16 @@ struct GenerationResult {
   double cache_bytes_per_token = 0;  // K and V of every layer, as stored
   int64_t same = 0, total = 0;       // generated tokens equal in both paths, of all generated
   int64_t correct = 0;               // cached tokens equal to the sequence's true continuation
+  // The same cached generation with bf16 and int8 caches (index 0 bf16, 1 int8): tokens
+  // equal to the f32 cache's, the largest logit difference on the prompt's last position
+  // (relative to that row's largest |logit|), and bytes per token.
+  struct Quantized {
+    const char* dtype = "";
+    int64_t same = 0;
+    double max_logit_error = 0;
+    double bytes_per_token = 0;
+  };
+  Quantized quantized[2];
 };
 
 // Continues the first `prompt` tokens of each sequence of `held_out` (repeated sequences:

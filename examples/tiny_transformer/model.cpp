@@ -268,10 +268,10 @@ const std::vector<float>& TinyTransformer::forward(const std::vector<int32_t>& t
   return logits_;
 }
 
-std::vector<multihead::KvCache> TinyTransformer::make_caches(int64_t capacity) const {
+std::vector<multihead::KvCache> TinyTransformer::make_caches(int64_t capacity, multihead::KvCacheDType dtype) const {
   std::vector<multihead::KvCache> caches;
   multihead::KvCacheOptions o;
-  o.num_kv_heads = config_.heads, o.head_dim = config_.d_model / config_.heads, o.capacity = capacity;
+  o.num_kv_heads = config_.heads, o.head_dim = config_.d_model / config_.heads, o.capacity = capacity, o.dtype = dtype;
   for (int64_t l = 0; l < config_.layers; ++l) caches.emplace_back(o);
   return caches;
 }

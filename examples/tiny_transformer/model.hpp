@@ -127,10 +127,11 @@ class TinyTransformer {
                                     bool keep_weights = false, bool keep_head_stats = false);
   void backward(const std::vector<float>& dlogits);  // (B * L, vocab); gradients accumulate
 
-  // Generation: one KV cache per layer (f32, capacity tokens each), then tokens (B, n) ->
+  // Generation: one KV cache per layer (capacity tokens each), then tokens (B, n) ->
   // logits (B * n, vocab) for n new tokens of sequences seqs (ids of every layer's cache:
   // create them in the same order in each), at positions continuing each sequence.
-  std::vector<multihead::KvCache> make_caches(int64_t capacity) const;
+  std::vector<multihead::KvCache> make_caches(int64_t capacity,
+                                              multihead::KvCacheDType dtype = multihead::KvCacheDType::kF32) const;
   const std::vector<float>& forward_cached(const std::vector<int32_t>& tokens, int64_t B, int64_t n,
                                            std::vector<multihead::KvCache>& caches, std::span<const int64_t> seqs);
 
