@@ -216,12 +216,18 @@ uint32_t stream_tile(const AttentionParams& p, const SequenceSpan& s, int64_t j0
       x ^= word;
     }
   };
+  if (p.paged) {  // a block holds every head's run of rows back to back: K, then V, run by run
+    for_each_paged_run(p, j0, nk, [&](int64_t c0, int64_t run) {
+      for (bool values : {false, true})
+        for (int64_t h = 0; h < p.Hkv; ++h)
+          touch(paged_row(p, values, s, h, j0 + c0).data, run * (values ? p.Dv : p.D) * int64_t(sizeof(T)));
+    });
+    return x;
+  }
   for (int64_t c = 0; c < nk; ++c)
     for (int64_t h = 0; h < p.Hkv; ++h) {
-      touch(p.paged ? static_cast<const void*>(paged_row(p, false, s, h, j0 + c).data) : kv_row<T>(p.k, s, h, j0 + c),
-            p.D * int64_t(sizeof(T)));
-      touch(p.paged ? static_cast<const void*>(paged_row(p, true, s, h, j0 + c).data) : kv_row<T>(p.v, s, h, j0 + c),
-            p.Dv * int64_t(sizeof(T)));
+      touch(kv_row<T>(p.k, s, h, j0 + c), p.D * int64_t(sizeof(T)));
+      touch(kv_row<T>(p.v, s, h, j0 + c), p.Dv * int64_t(sizeof(T)));
     }
   return x;
 }
