@@ -1,7 +1,8 @@
 // load_widened (kernels/cpu/simd_tiles-inl.hpp) on every compiled target this CPU runs: one
 // vector of elements [x, x + N) of a row as f32, exact for every bf16 and f16 bit pattern
-// (infinities, -0, subnormal f16, NaNs stay NaN) and every f32, at unaligned offsets; the
-// scalar twin is widen() of each element (bf16_to_float, f16_to_float).
+// (infinities, -0, subnormal f16, NaNs stay NaN), every f32 and every int8, at unaligned
+// offsets; the scalar twin is widen() of each element (bf16_to_float, f16_to_float, the
+// int8 value).
 //
 // Known defect, left to the kernel owners (src/kernels/ is being restructured): on the
 // HWY_SCALAR target (the SIMD kernels' copy for CPUs without AVX2) Highway 1.0.3's PromoteTo
@@ -32,6 +33,11 @@ int64_t LoadWidenedForTest(DType dtype, const void* row, int64_t x, float* out) 
     hn::StoreU(load_widened(static_cast<const T*>(row), x), FloatTag(), out);
     return row_vector();
   });
+}
+// The same for an int8 row (a paged cache's quantized values, scale applied by the caller).
+int64_t LoadWidenedInt8ForTest(const int8_t* row, int64_t x, float* out) {
+  hn::StoreU(load_widened(row, x), FloatTag(), out);
+  return row_vector();
 }
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
@@ -96,6 +102,20 @@ TEST(LoadWidened, F32PassesThroughOnEveryTarget) {
     for (int64_t x = 0; x + N <= int64_t(row.size()); ++x) {
       fn(DType::kF32, row.data(), x, out);
       for (int64_t l = 0; l < N; ++l) ASSERT_TRUE(same(out[l], row[size_t(x + l)])) << name << " at " << x + l;
+    }
+  }
+}
+
+TEST(LoadWidened, EveryInt8ValueExactOnEveryTarget) {
+  std::vector<int8_t> row(256 + 32);
+  for (size_t e = 0; e < row.size(); ++e) row[e] = int8_t(uint8_t(e));  // -128..127, then again
+  for (const auto& [target, name, fn] : MULTIHEAD_EACH_TARGET(LoadWidenedInt8ForTest)) {
+    float out[16];
+    const int64_t N = fn(row.data(), 0, out);
+    for (int64_t x = 0; x + N <= int64_t(row.size()); ++x) {
+      fn(row.data(), x, out);
+      for (int64_t l = 0; l < N; ++l)
+        ASSERT_EQ(out[l], float(row[size_t(x + l)])) << name << " at " << x + l;  // widen(int8_t), exactly
     }
   }
 }
