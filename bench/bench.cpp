@@ -88,8 +88,8 @@ BenchReport run_bench(const BenchOptions& options, std::FILE* log) {
     std::fprintf(log, "PyTorch peer...\n");
     std::fflush(log);
     run_torch_peer(ran, module, budget, threads, report);
-  } else if (!options.peer) {
-    report.torch.error = "n/a (--no-peer)";
+  } else {
+    report.torch.error = options.peer ? "n/a (no case it runs was selected)" : "n/a (--no-peer)";
   }
   for (Row& row : report.rows)
     if (!row.torch_ms && row.torch_note.empty())
