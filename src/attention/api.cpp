@@ -1,4 +1,7 @@
-// Entry points: validate, plan, allocate scratch, dispatch. Nothing here computes.
+// Entry points: validate, plan, allocate scratch, dispatch. Nothing here computes but the
+// trivial results of problems without query heads.
+#include <cstring>
+
 #include "attention/cached.hpp"
 #include "attention/plan.hpp"
 #include "attention/validate.hpp"
@@ -26,11 +29,31 @@ float* workspace(int64_t floats) {
 // Per-thread blocks start on 64-byte boundaries.
 int64_t aligned_floats(int64_t floats) { return (floats + 15) / 16 * 16; }
 
+// Writes +0 to every element of a float view of any strides (+0 is all zero bits in f32,
+// bf16 and f16).
+void write_zeros(const TensorView& t) {
+  if (t.numel() == 0) return;
+  const int64_t size = int64_t(dtype_size(t.dtype));
+  Shape index{};
+  while (true) {
+    std::memset(static_cast<char*>(t.data) + t.offset(index) * size, 0, size_t(size));
+    int d = t.rank - 1;
+    for (; d >= 0; --d) {  // odometer increment, last dim fastest
+      if (++index[d] < t.shape[d]) break;
+      index[d] = 0;
+    }
+    if (d < 0) return;
+  }
+}
+
 }  // namespace
 
 void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                        const ForwardOutputs& outputs, const AttentionOptions& options) {
   const detail::ProblemSizes sizes = detail::validate_forward(q, k, v, outputs, options);
+  // No query heads (H = 0, any Hkv): out, lse, probs and head_stats have no elements. The
+  // plan's heads per group (H / Hkv = 0) must not be reached: items are sized by it.
+  if (sizes.H == 0) return;
   // Probabilities and statistics come from exp(s - lse): without a caller's lse, keep one.
   Tensor own_lse;
   ForwardOutputs planned = outputs;
@@ -39,7 +62,7 @@ void attention_forward(const TensorView& q, const TensorView& k, const TensorVie
     planned.lse = own_lse.view();
   }
   const AttentionParams p = detail::plan_forward(sizes, q, k, v, planned, options);
-  if (p.q_items.empty()) return;  // B = 0, Lq = 0 or H = 0: nothing to write
+  if (p.q_items.empty()) return;  // B = 0 or Lq = 0: nothing to write
   int64_t per_thread = 0, shared = 0;
   detail::forward_scratch_floats(p, &per_thread, &shared);
   per_thread = aligned_floats(per_thread);
@@ -50,6 +73,12 @@ void attention_backward(const TensorView& dout, const TensorView& q, const Tenso
                         const TensorView& v, const TensorView& out, const TensorView& lse,
                         const BackwardOutputs& grads, const AttentionOptions& options) {
   const detail::ProblemSizes sizes = detail::validate_backward(dout, q, k, v, out, lse, grads, options);
+  if (sizes.H == 0) {  // no query head reads any key: dk, dv (and dbias) are sums of nothing
+    write_zeros(grads.dk);
+    write_zeros(grads.dv);
+    if (grads.dbias) write_zeros(*grads.dbias);
+    return;
+  }
   // The forward's params read out and lse (never written in the backward).
   const AttentionParams p = detail::plan_forward(sizes, q, k, v, ForwardOutputs{out, lse, std::nullopt}, options,
                                                  detail::PlanFor::kBackward);
@@ -92,6 +121,7 @@ void attention_forward_cached(const TensorView& q, KvCache& cache, std::span<con
       const std::string& t = e.tensor();
       throw Error(e.kind(), t == "k" ? "k_new" : t == "v" ? "v_new" : t, e.dim(), e.expected(), e.got());
     }
+  if (sizes.H == 0) return;  // the new tokens are appended; no query head attends
   const detail::PagedParams p = detail::plan_cached(sizes, q_used, cache, seqs, outputs, options);
   if (p.group_items.empty()) return;  // B = 0 or Lq = 0
   int64_t per_thread = 0, shared = 0;

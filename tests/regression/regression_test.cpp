@@ -1,8 +1,10 @@
 // One test per fixed bug, named for the symptom.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "multihead/multihead.hpp"
 
@@ -49,6 +51,43 @@ TEST(Regression, NanInDqWhenWindowStartsPastLastKey) {
     }
   for (int64_t e = 0; e < g.dq.numel(); ++e) ASSERT_FALSE(std::isnan(g.dq.data_as<float>()[e]));
   for (int64_t e = 0; e < g.dk.numel(); ++e) ASSERT_FALSE(std::isnan(g.dk.data_as<float>()[e]));
+}
+
+// A query with zero heads beside key/value heads (H = 0, Hkv = 2: H % Hkv == 0) planned
+// H / Hkv = 0 heads per group and divided by it: SIGFPE. The forward now writes nothing (its
+// outputs have no elements), the backward zeroes dk and dv (sums over no query head), and
+// the cached form still appends the new tokens.
+TEST(Regression, ZeroQueryHeadsBesideKvHeadsCrashedWithSigfpe) {
+  std::mt19937 rng(7);
+  const Tensor q = Tensor::empty(DType::kF32, {1, 3, 0, 8}), k = random_tensor({1, 3, 2, 8}, rng),
+               v = random_tensor({1, 3, 2, 8}, rng);
+  for (CausalAlign causal : {CausalAlign::kNone, CausalAlign::kBottomRight}) {
+    AttentionOptions o;
+    o.causal = causal;
+    const AttentionResult r = attention_forward(q.view(), k.view(), v.view(), o);
+    EXPECT_EQ(r.out.numel(), 0);
+    EXPECT_EQ(r.lse.numel(), 0);
+
+    Tensor dk = Tensor::empty(DType::kF32, {1, 3, 2, 8}), dv = Tensor::empty(DType::kF32, {1, 3, 2, 8});
+    for (const Tensor* t : {&dk, &dv}) std::fill_n(t->data_as<float>(), t->numel(), NAN);
+    const Tensor dq = Tensor::empty(DType::kF32, {1, 3, 0, 8});
+    attention_backward(dq.view(), q.view(), k.view(), v.view(), r.out.view(), r.lse.view(),
+                       BackwardOutputs{dq.view(), dk.view(), dv.view(), std::nullopt, std::nullopt}, o);
+    for (const Tensor* t : {&dk, &dv})
+      for (int64_t e = 0; e < t->numel(); ++e) ASSERT_EQ(t->data_as<float>()[e], 0.0f);
+  }
+
+  KvCacheOptions co;
+  co.num_kv_heads = 2, co.head_dim = 8, co.capacity = 16;
+  KvCache cache(co);
+  const int64_t id = cache.new_sequence();
+  const Tensor q1 = Tensor::empty(DType::kF32, {1, 1, 0, 8}), k1 = random_tensor({1, 1, 2, 8}, rng),
+               v1 = random_tensor({1, 1, 2, 8}, rng);
+  CachedAttentionInputs in;
+  in.k_new = k1.view(), in.v_new = v1.view();
+  const AttentionResult r = attention_forward_cached(q1.view(), cache, std::vector<int64_t>{id}, {}, in);
+  EXPECT_EQ(r.out.numel(), 0);
+  EXPECT_EQ(cache.length(id), 1);
 }
 
 }  // namespace
