@@ -36,8 +36,8 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
   p.scale = o.scale ? *o.scale : 1.0f / std::sqrt(float(s.D));
   p.softcap = o.softcap;
 
-  p.window_left = o.window.left;
-  p.window_right = o.window.right;
+  p.window_left = window_bound(o.window.left, s.Lq + s.Lk);
+  p.window_right = window_bound(o.window.right, s.Lq + s.Lk);
   if (o.causal != CausalAlign::kNone) p.window_right = 0;  // j <= i + kv_offset, and the window's own bound is >= 0
   if (o.mask) p.mask = broadcast4(*o.mask);
   if (o.bias) {

@@ -13,6 +13,11 @@ namespace multihead::detail {
 // with its own row count per block.
 enum class PlanFor { kForward, kBackward };
 
+// A window bound as the kernels take it: one at least `reach` (every query's distance to
+// every key is below it: Lq + Lk) masks nothing and becomes -1 (unbounded), so the kernels'
+// bound arithmetic (diagonal ± window) never meets a caller's huge value.
+inline int64_t window_bound(int64_t w, int64_t reach) { return w >= reach ? -1 : w; }
+
 AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const TensorView& k,
                              const TensorView& v, const ForwardOutputs& outputs,
                              const AttentionOptions& options, PlanFor plan_for = PlanFor::kForward);

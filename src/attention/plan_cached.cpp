@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "attention/cached.hpp"
+#include "attention/plan.hpp"
 #include "kernels/kernels.hpp"
 #include "multihead/threads.hpp"
 
@@ -26,8 +27,10 @@ PagedParams plan_cached(const CachedSizes& z, const TensorView& q, const KvCache
   }
   p.scale = o.scale ? *o.scale : 1.0f / std::sqrt(float(z.D));
   p.softcap = o.softcap;
-  p.window_left = o.window.left;
-  p.window_right = o.window.right;
+  int64_t reach = z.Lq;  // Lq + the longest sequence
+  for (int64_t b = 0; b < z.B; ++b) reach = std::max(reach, z.Lq + cache.length(seqs[size_t(b)]));
+  p.window_left = window_bound(o.window.left, reach);
+  p.window_right = window_bound(o.window.right, reach);
   if (o.causal != CausalAlign::kNone) p.window_right = 0;  // j <= i + kv_offset
   if (o.alibi_slopes)
     p.alibi_slopes = static_cast<const float*>(o.alibi_slopes->data), p.alibi_stride = o.alibi_slopes->strides[0];

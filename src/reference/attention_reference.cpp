@@ -236,8 +236,9 @@ class Problem {
     const int64_t diag = i + s.kv_offset;
     if (j >= s.lk_valid) return false;
     if (opt_.causal != CausalAlign::kNone && j > diag) return false;
-    if (opt_.window.left >= 0 && j < diag - opt_.window.left) return false;
-    if (opt_.window.right >= 0 && j > diag + opt_.window.right) return false;
+    // As distances (small), so that a huge window cannot overflow: diag - j > left, j - diag > right.
+    if (opt_.window.left >= 0 && diag - j > opt_.window.left) return false;
+    if (opt_.window.right >= 0 && j - diag > opt_.window.right) return false;
     if (opt_.mask && static_cast<const uint8_t*>(opt_.mask->data)[mask_.offset(s.b, h, i, j)] == 0)
       return false;
     return true;

@@ -3,10 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "multihead/multihead.hpp"
+#include "reference/attention_reference.hpp"
 
 namespace multihead {
 namespace {
@@ -88,6 +91,42 @@ TEST(Regression, ZeroQueryHeadsBesideKvHeadsCrashedWithSigfpe) {
   const AttentionResult r = attention_forward_cached(q1.view(), cache, std::vector<int64_t>{id}, {}, in);
   EXPECT_EQ(r.out.numel(), 0);
   EXPECT_EQ(cache.length(id), 1);
+}
+
+// window = (2^63 - 1, 2^63 - 1) masked every key instead of none: the kernels' bound
+// diag + right + 1 overflowed (and the oracle's diag - left). A window at least Lq + Lk wide
+// is now unbounded in the plan, and the oracle compares distances. Same bits as no window,
+// dense and over the cache, with and without causal; the oracle agrees.
+TEST(Regression, HugeWindowMaskedEveryKeyInsteadOfNone) {
+  std::mt19937 rng(11);
+  const Tensor q = random_tensor({2, 5, 4, 16}, rng), k = random_tensor({2, 9, 2, 16}, rng),
+               v = random_tensor({2, 9, 2, 16}, rng);
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  for (CausalAlign causal : {CausalAlign::kNone, CausalAlign::kBottomRight, CausalAlign::kTopLeft}) {
+    for (Window w : {Window{huge, huge}, Window{huge, -1}, Window{-1, huge}, Window{14, 14}}) {
+      AttentionOptions none, wide;
+      none.causal = wide.causal = causal;
+      wide.window = w;
+      const AttentionResult a = attention_forward(q.view(), k.view(), v.view(), none);
+      const AttentionResult b = attention_forward(q.view(), k.view(), v.view(), wide);
+      ASSERT_EQ(0, std::memcmp(a.out.data(), b.out.data(), a.out.nbytes())) << w.left << " " << w.right;
+      ASSERT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.nbytes()));
+      const reference::ForwardResult ra = reference::attention_forward(q.view(), k.view(), v.view(), none);
+      const reference::ForwardResult rb = reference::attention_forward(q.view(), k.view(), v.view(), wide);
+      ASSERT_EQ(ra.out, rb.out);
+    }
+  }
+  KvCacheOptions co;
+  co.num_kv_heads = 2, co.head_dim = 16, co.capacity = 32;
+  KvCache cache(co);
+  const int64_t id = cache.new_sequence();
+  const Tensor k1 = random_tensor({9, 2, 16}, rng), v1 = random_tensor({9, 2, 16}, rng), q1 = random_tensor({1, 3, 4, 16}, rng);
+  cache.append(id, k1.view(), v1.view());
+  AttentionOptions none, wide;
+  wide.window = {huge, huge};
+  const AttentionResult a = attention_forward_cached(q1.view(), cache, std::vector<int64_t>{id}, none);
+  const AttentionResult b = attention_forward_cached(q1.view(), cache, std::vector<int64_t>{id}, wide);
+  EXPECT_EQ(0, std::memcmp(a.out.data(), b.out.data(), a.out.nbytes()));
 }
 
 }  // namespace
