@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <climits>
+#include <type_traits>
 #include <string>
 #include <utility>
 
@@ -67,10 +69,47 @@ inline void check_rank(const py::array& a, const std::string& name) {
                     std::to_string(a.ndim()));
 }
 
-// Views `obj` as an array of T without copying when it already is a readable one;
-// other dtypes are converted.
+// What an array of T may be given as, checked before any conversion (numpy's casts would
+// drop an imaginary part, truncate floats and wrap integers without a word):
+//   float: a real floating dtype (float16/32/64; converted to f32)
+//   bool:  bool only (a float mask is PyTorch's additive convention: it belongs in bias)
+//   int32: an integer dtype whose values all fit int32
+template <class T>
+inline void check_source_dtype(const py::array& a, const std::string& name) {
+  const char kind = a.dtype().kind();
+  const std::string got = std::string(py::str(a.dtype()));
+  const auto fail = [&](const std::string& expected) {
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, name, "dtype", expected, got);
+  };
+  if constexpr (std::is_same_v<T, bool>) {
+    if (kind != 'b')
+      fail(name == "mask" ? "bool (True = may attend); an additive float mask (0 keep, -inf drop) goes in bias"
+                          : "bool");
+  } else if constexpr (std::is_same_v<T, int32_t>) {
+    if (kind != 'i' && kind != 'u') fail("an integer dtype");
+    // Every value must fit: read them widened losslessly (any width, byte order, strides).
+    const auto check_range = [&](auto tag) {
+      using V = decltype(tag);
+      const auto wide = py::array_t<V, py::array::c_style | py::array::forcecast>::ensure(a);
+      const V* x = wide.data();
+      for (py::ssize_t e = 0; e < wide.size(); ++e)
+        if (x[e] > V(INT32_MAX) || (std::is_signed_v<V> && x[e] < V(INT32_MIN)))
+          throw mh::Error(mh::ErrorKind::kInvalidArgument, name, "value", "within int32", std::to_string(x[e]));
+    };
+    if (kind == 'i' && a.itemsize() > 4) check_range(int64_t{});
+    if (kind == 'u' && a.itemsize() >= 4) check_range(uint64_t{});
+  } else {
+    if (kind != 'f')
+      fail(name == "bias" && kind == 'b' ? "a real floating dtype (added to the scores); a bool keep-mask goes in mask"
+                                         : "a real floating dtype");
+  }
+}
+
+// Views `obj` as an array of T without copying when it already is a readable one; other
+// dtypes of the same kind are converted (check_source_dtype says which).
 template <class T>
 inline Input to_input(const py::handle& obj, const std::string& name) {
+  if (const py::array source = py::array::ensure(obj)) check_source_dtype<T>(source, name);
   auto a = py::array_t<T, py::array::forcecast>::ensure(obj);
   if (!a)
     throw mh::Error(mh::ErrorKind::kInvalidArgument, name, "dtype",

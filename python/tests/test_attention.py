@@ -106,11 +106,42 @@ def test_mask(rng, shape):
     check(*qkv(rng), rng, mask=mask)
 
 
-def test_mask_converted_to_bool(rng):
+def expect_dtype_error(call, tensor, hint=""):
+    with pytest.raises(multihead.Error) as info:
+        call()
+    assert (info.value.kind, info.value.tensor) == ("InvalidArgument", tensor), str(info.value)
+    assert hint in info.value.expected, str(info.value)
+
+
+def test_float_or_int_mask_was_silently_cast_to_bool(rng):
+    # A PyTorch float mask (0 keep, -inf drop) cast to bool came out inverted: mask takes
+    # bool only, and the error says where an additive mask goes.
     q, k, v = qkv(rng)
-    mask = (rng.random((5, 7)) < 0.5).astype(np.int64)
-    got = multihead.attention(q, k, v, mask=mask)
-    assert np.array_equal(got, multihead.attention(q, k, v, mask=mask.astype(bool)))
+    for mask in [np.where(rng.random((5, 7)) < 0.5, 0.0, -np.inf).astype(np.float32),
+                 (rng.random((5, 7)) < 0.5).astype(np.int64)]:
+        expect_dtype_error(lambda: multihead.attention(q, k, v, mask=mask), "mask", "bias")
+
+
+def test_bool_bias_was_silently_read_as_one(rng):
+    q, k, v = qkv(rng)
+    expect_dtype_error(lambda: multihead.attention(q, k, v, bias=rng.random((5, 7)) < 0.5), "bias", "mask")
+
+
+def test_complex_input_lost_its_imaginary_part(rng):
+    q, k, v = qkv(rng)
+    expect_dtype_error(lambda: multihead.attention(q.astype(np.complex64), k, v), "q")
+    expect_dtype_error(lambda: multihead.attention(q, k, v, alibi_slopes=np.ones(4, np.complex128)), "alibi_slopes")
+
+
+def test_float_or_wrapping_seqlens_were_silently_converted(rng):
+    q, k, v = qkv(rng)
+    expect_dtype_error(lambda: multihead.attention(q, k, v, seqlens_k=np.array([3.7, 7.0])), "seqlens_k", "integer")
+    with pytest.raises(multihead.Error) as info:
+        multihead.attention(q, k, v, seqlens_k=np.array([2**32 + 3, 7], np.int64))  # wrapped to 3
+    assert (info.value.tensor, info.value.dim, info.value.got) == ("seqlens_k", "value", str(2**32 + 3))
+    # In range, any integer dtype is read exactly.
+    got = multihead.attention(q, k, v, seqlens_k=np.array([3, 7], np.uint64))
+    assert np.array_equal(got, multihead.attention(q, k, v, seqlens_k=np.array([3, 7], np.int32)))
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 5, 7), (5, 7), (4, 1, 7), (1, 1, 1, 7), (2, 1, 5, 1), (7,)])

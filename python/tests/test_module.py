@@ -492,3 +492,13 @@ def test_cache_arguments_are_checked(rng):
             call()
         assert (info.value.tensor, info.value.kind) == (tensor, kind)
     assert cache.length(sid) == 0
+
+
+def test_complex_weights_were_silently_accepted(rng):
+    m = multihead.MultiHeadAttention(16, 4)
+    before = m.state_dict()
+    weights = {n: v.astype(np.complex64) + 1j for n, v in before.items()}
+    with pytest.raises(multihead.Error) as info:
+        m.load_state_dict(weights)
+    assert info.value.kind == "InvalidArgument" and info.value.dim == "dtype", str(info.value)
+    assert all(np.array_equal(m.state_dict()[n], v) for n, v in before.items())  # nothing changed
