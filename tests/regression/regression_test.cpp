@@ -129,5 +129,48 @@ TEST(Regression, HugeWindowMaskedEveryKeyInsteadOfNone) {
   EXPECT_EQ(0, std::memcmp(a.out.data(), b.out.data(), a.out.nbytes()));
 }
 
+// bf16 with logits near 1e6 (|q|, |k| ~ 1e3): the output was exact but dV was off by more
+// than its own size, because the backward re-scored the tile with f32 products of the
+// scaled queries while the forward summed bf16 pairs on vdpbf16ps: a relative difference of
+// 1e-7 in a score of 1e6 moves P = exp(S - lse) completely. The backward now recomputes the
+// forward's scores bit for bit (the same pairs, products and scale). Checked against the
+// oracle at logits up to ~1e6, f32 and bf16, under every ISA.
+TEST(Regression, Bf16GradientsWrongAtLargeLogitsBecauseTheBackwardRescoredDifferently) {
+  for (DType dtype : {DType::kF32, DType::kBF16})
+    for (float magnitude : {1.0f, 1e3f, 3e3f}) {
+      std::mt19937 rng(5);
+      const int64_t B = 1, L = 33, H = 2, D = 16;
+      Tensor q = random_tensor({B, L, H, D}, rng), k = random_tensor({B, L, H, D}, rng);
+      const Tensor v = random_tensor({B, L, H, D}, rng), dout = random_tensor({B, L, H, D}, rng);
+      for (Tensor* t : {&q, &k})
+        for (int64_t e = 0; e < t->numel(); ++e) t->data_as<float>()[e] *= magnitude;
+      const auto as = [&](const Tensor& t) {  // the inputs in the case's dtype
+        Tensor r = Tensor::empty(dtype, {B, L, H, D});
+        for (int64_t e = 0; e < t.numel(); ++e)
+          if (dtype == DType::kBF16) r.data_as<bf16>()[e] = float_to_bf16(t.data_as<float>()[e]);
+          else r.data_as<float>()[e] = t.data_as<float>()[e];
+        return r;
+      };
+      const Tensor qd = as(q), kd = as(k), vd = as(v);
+      AttentionOptions o;
+      o.causal = CausalAlign::kTopLeft;
+      Tensor out = Tensor::empty(DType::kF32, {B, L, H, D}), lse = Tensor::empty(DType::kF32, {B, H, L});
+      attention_forward(qd.view(), kd.view(), vd.view(), ForwardOutputs{out.view(), lse.view(), std::nullopt}, o);
+      Tensor dq = Tensor::empty(DType::kF32, {B, L, H, D}), dk = Tensor::empty(DType::kF32, {B, L, H, D}),
+             dv = Tensor::empty(DType::kF32, {B, L, H, D});
+      attention_backward(dout.view(), qd.view(), kd.view(), vd.view(), out.view(), lse.view(),
+                         BackwardOutputs{dq.view(), dk.view(), dv.view(), std::nullopt, std::nullopt}, o);
+      const reference::BackwardResult want = reference::attention_backward(dout.view(), qd.view(), kd.view(), vd.view(), o);
+      double worst = 0, size = 1;
+      for (int64_t e = 0; e < dv.numel(); ++e) {
+        worst = std::max(worst, std::abs(double(dv.data_as<float>()[e]) - want.dv[size_t(e)]));
+        size = std::max(size, std::abs(want.dv[size_t(e)]));
+      }
+      // dV = Pᵀ dO: with P right it is off by f32 (bf16: P rounded to bf16, 2^-8) rounding of
+      // L-term sums; the defect was an error larger than dV itself.
+      EXPECT_LE(worst, (dtype == DType::kBF16 ? 1e-2 : 1e-5) * size) << to_string(dtype) << " magnitude " << magnitude;
+    }
+}
+
 }  // namespace
 }  // namespace multihead

@@ -22,6 +22,7 @@
 
 #include <omp.h>
 
+#include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/cpu/simd_tiles-inl.hpp"
 #include "kernels/kernels.hpp"
 
@@ -43,6 +44,7 @@ bool fuse_dq(const AttentionParams& p) { return kv_pairs(p) >= kFuseUnitsPerThre
 // A group item's packed query side (pass 0), in the shared scratch.
 struct QuerySide {
   float* q_t;      // D x rows_pad       Qᵀ · scale (decode calls: pack_decode_queries)
+  uint32_t* q_pairs;  // D/2 x rows_pad  Qᵀ unscaled as bf16 pairs (vdpbf16ps tiles: the forward's scores)
   float* q;        // rows_pad x d_vec   Q
   float* do_t;     // Dv x rows_pad      dOᵀ
   float* dout;     // rows_pad x dv_vec  dO
@@ -54,6 +56,7 @@ struct QuerySide {
 QuerySide carve_query_side(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   QuerySide q;
   q.q_t = take(std::max(p.D, t.d_vec) * t.rows_pad);
+  q.q_pairs = reinterpret_cast<uint32_t*>(take(use_bf16_dot(p) && !p.decode ? (p.D + 1) / 2 * t.rows_pad : 0));
   q.q = take(t.rows_pad * t.d_vec);
   q.do_t = take(p.Dv * t.rows_pad);
   q.dout = take(t.rows_pad * t.dv_vec);
@@ -86,6 +89,7 @@ struct BackwardTiles {
   float* dv;     // kTileK x dv_vec
   float* dq;     // rows_pad x d_vec
   float* row;    // max(D, Dv, kTileK)
+  uint32_t* k_pairs;  // kTileK x D/2  K rows as bf16 pairs (vdpbf16ps tiles)
 };
 
 BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
@@ -100,6 +104,7 @@ BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver&
   w.dv = take(kTileK * t.dv_vec);
   w.dq = take(t.rows_pad * t.d_vec);
   w.row = take(std::max({p.D, p.Dv, kTileK}));
+  w.k_pairs = reinterpret_cast<uint32_t*>(take(use_bf16_dot(p) && !p.decode ? kTileK * ((p.D + 1) / 2) : 0));
   return w;
 }
 
@@ -109,6 +114,11 @@ void pack_query_side(const AttentionParams& p, const BackwardParams& g, const Ti
   const int64_t hkv = item.head, i0 = item.begin, n = item.end - item.begin;
   if (p.decode) {  // the forward's decode scoring
     pack_decode_queries(p, t, s, hkv, i0, n, t.rows_pad, qs.q_t);
+  } else if (use_bf16_dot(p)) {  // the forward's vdpbf16ps scoring: Qᵀ unscaled, paired
+    const int64_t d2 = (p.D + 1) / 2;
+    pack_item_rows_t(p.q, p.D, 1.0f, p, s, hkv, i0, n, t, row, qs.q_t);
+    std::fill(qs.q_t + p.D * t.rows_pad, qs.q_t + 2 * d2 * t.rows_pad, 0.0f);
+    bf16_pair_rows(qs.q_t, t.rows_pad, d2, t.rows_pad, qs.q_pairs, t.rows_pad);
   } else {
     pack_item_rows_t(p.q, p.D, p.scale, p, s, hkv, i0, n, t, row, qs.q_t);
   }
@@ -163,6 +173,23 @@ struct KeyTile {
   int64_t v_stride;
 };
 
+// Sᵀ of keys [j0, j0 + nk) on vdpbf16ps, as the forward's tiles_bf16 computes it (the same
+// pairs, the same products and sums, scale applied last): the backward's P is then exactly
+// the forward's, at any logit size.
+void bf16_scores_t(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv, int64_t j0,
+                   int64_t nk, const QuerySide& qs, const BackwardTiles& w) {
+  const int64_t d2 = (p.D + 1) / 2;
+  const uint32_t* k_pairs = w.k_pairs;
+  int64_t k_stride = d2;
+  if (key_pairs_in_place(p, s, hkv, j0, nk)) {
+    k_pairs = reinterpret_cast<const uint32_t*>(kv_row<bf16>(p.k, s, hkv, j0));
+    k_stride = p.k.stride_l / 2;
+  } else {
+    pack_key_pairs(p, s, hkv, j0, nk, w.k_pairs);
+  }
+  bf16_outer_product(qs.q_pairs, t.rows_pad, k_pairs, k_stride, 1, d2, kTileK, t.rows_pad, w.s_t, false, p.scale);
+}
+
 // For keys [j0, j0 + nk) and a packed query block: Sᵀ <- Pᵀ (∘ Z) and dpᵀ <- dS'ᵀ, the
 // gradient w.r.t. scale·QKᵀ (through the softcap when set), or with through_softcap false
 // dSᵀ, the gradient w.r.t. the modified score (d(bias): the bias is added after the softcap).
@@ -177,6 +204,7 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
       decode_scores<typename decltype(k_type)::type>(p, t, s, hkv, p.group * n, j0, nk, qs.q_t, w.s_t, 1, t.rows_pad,
                                                      [](int64_t) {});
     });
+  else if (use_bf16_dot(p)) bf16_scores_t(p, s, t, hkv, j0, nk, qs, w);
   else scores_t(qs.q_t, kv.k, kv.k_stride, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);

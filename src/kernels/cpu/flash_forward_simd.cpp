@@ -36,27 +36,6 @@ namespace HWY_NAMESPACE {
 
 namespace {
 
-// K rows [j0, j0 + nk) of a bf16 tensor as pairs (kTileK x D/2), zero-padded.
-void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
-                    uint32_t* out) {
-  const int64_t d2 = (p.D + 1) / 2;
-  uint16_t* halves = reinterpret_cast<uint16_t*>(out);
-  std::fill_n(out, kTileK * d2, 0u);
-  if (p.paged) return copy_paged_bf16_rows(p, false, s, hkv, j0, nk, halves, 2 * d2);
-  for (int64_t c = 0; c < nk; ++c) {
-    const uint16_t* src = static_cast<const uint16_t*>(p.k.data) + s.batch * p.k.stride_b +
-                          (s.k_begin + j0 + c) * p.k.stride_l + hkv * p.k.stride_h;
-    std::copy_n(src, p.D, halves + c * 2 * d2);
-  }
-}
-
-// True when rows [j0, j0 + kTileK) of k can serve as bf16 pairs where they lie: whole pairs
-// (even D), each row starting on a pair boundary.
-bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk) {
-  return !p.paged && nk == kTileK && p.D % 2 == 0 && p.k.stride_l % 2 == 0 &&
-         reinterpret_cast<uintptr_t>(kv_row<bf16>(p.k, s, hkv, j0)) % 4 == 0;
-}
-
 void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                 int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w);
 

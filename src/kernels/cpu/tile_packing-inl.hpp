@@ -229,6 +229,28 @@ inline void copy_paged_bf16_rows(const AttentionParams& p, bool values, const Se
     std::memcpy(out + col * stride, paged_row(p, values, s, hkv, j0 + col).data, size_t(dim) * sizeof(uint16_t));
 }
 
+// K rows [j0, j0 + nk) of a bf16 tensor (or bf16 paged cache) as pairs (kTileK x D/2),
+// zero-padded: the forward's vdpbf16ps scores and the backward's recomputation of them.
+inline void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
+                    uint32_t* out) {
+  const int64_t d2 = (p.D + 1) / 2;
+  uint16_t* halves = reinterpret_cast<uint16_t*>(out);
+  std::fill_n(out, kTileK * d2, 0u);
+  if (p.paged) return copy_paged_bf16_rows(p, false, s, hkv, j0, nk, halves, 2 * d2);
+  for (int64_t c = 0; c < nk; ++c) {
+    const uint16_t* src = static_cast<const uint16_t*>(p.k.data) + s.batch * p.k.stride_b +
+                          (s.k_begin + j0 + c) * p.k.stride_l + hkv * p.k.stride_h;
+    std::copy_n(src, p.D, halves + c * 2 * d2);
+  }
+}
+
+// True when rows [j0, j0 + kTileK) of k can serve as bf16 pairs where they lie: whole pairs
+// (even D), each row starting on a pair boundary.
+inline bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk) {
+  return !p.paged && nk == kTileK && p.D % 2 == 0 && p.k.stride_l % 2 == 0 &&
+         reinterpret_cast<uintptr_t>(kv_row<bf16>(p.k, s, hkv, j0)) % 4 == 0;
+}
+
 // With a mask or bias, a key inside the tile may be masked for every row; its K or V row
 // is then zeroed so garbage there (NaN, inf) cannot reach a result through 0 · x. A key
 // is unattended when its column of weights (P in the forward, dS in the backward) is 0.
