@@ -364,6 +364,23 @@ ForwardResult forward_impl(const TensorView& q_in, const TensorView& k_in, const
   return r;
 }
 
+// A Dv-long f32 dot product x · y is off by single roundings of its partial sums: at most
+// Dv·2^-24·Σ|x_d y_d| in any order (abs_sum), and as independent roundings the l2 norm of
+// their coefficients in sequential order, sqrt(partials2) (a 16-lane order's are shorter).
+struct DotSensitivity {
+  double abs_sum = 0, partials2 = 0;
+};
+template <class Acc>
+DotSensitivity dot_sensitivity(const Acc* x, const Acc* y, int64_t n) {
+  DotSensitivity r;
+  double partial = 0;
+  for (int64_t d = 0; d < n; ++d) {
+    const double t = double(x[d]) * double(y[d]);
+    r.abs_sum += std::abs(t), partial += t, r.partials2 += partial * partial;
+  }
+  return r;
+}
+
 template <class Acc>
 BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, const TensorView& k_in,
                              const TensorView& v_in, const AttentionOptions& options, DType round_to) {
@@ -380,6 +397,10 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
   // sensitivity of D_i to rounding P ∘ Z), for BackwardResult::dbias_rounding_l1 / _l2.
   std::vector<Acc> p_grid(ds_grid.size());
   std::vector<double> row_l1_grid(pb.has_bias() ? size_t(B * H * Lq) : 0), row_l2_grid(row_l1_grid.size());
+  // The f32 rounding of dP_ij and D_i (BackwardResult::dbias_dot_l1 / _l2): per (row, key)
+  // |P Z| and (P Z)² times dP's dot-product sensitivities, per row D_i's.
+  std::vector<double> dp_l1_grid(ds_grid.size()), dp_l2_grid(ds_grid.size());
+  std::vector<double> d_l1_grid(row_l1_grid.size()), d_l2_grid(row_l1_grid.size());
   std::vector<Acc> dsinks_part(pb.has_sinks() ? pb.segments.size() * size_t(H) : 0);
   // Σ|a| and Σa² per (sequence, head) for BackwardResult::dsinks_rounding_l1 / _l2, and the
   // same for dsinks_score_l1 / _l2.
@@ -439,8 +460,13 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
             score_l2 += b * b * (sc * sc * partials2 + rest * rest);
           }
           if (pb.has_bias() && j < s.extra0) {
-            ds_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = dS;
-            p_grid[size_t(((s.b * H + h) * Lq + i) * Lk + j)] = pj;
+            const size_t at = size_t(((s.b * H + h) * Lq + i) * Lk + j);
+            ds_grid[at] = dS;
+            p_grid[at] = pj;
+            const DotSensitivity sd = dot_sensitivity(doi, pb.v_row(s, g, j), Dv);
+            const double pz = std::abs(double(pj) * double(z));
+            dp_l1_grid[at] = pz * double(Dv) * sd.abs_sum;
+            dp_l2_grid[at] = pz * pz * sd.partials2;
           }
           Acc dSc = dS;
           if (pb.softcap() > 0) {
@@ -460,6 +486,9 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
         if (pb.has_bias()) {
           row_l1_grid[size_t((s.b * H + h) * Lq + i)] = row_l1;
           row_l2_grid[size_t((s.b * H + h) * Lq + i)] = row_l2;
+          const DotSensitivity sd = dot_sensitivity(doi, o.data(), Dv);
+          d_l1_grid[size_t((s.b * H + h) * Lq + i)] = double(Dv) * sd.abs_sum;
+          d_l2_grid[size_t((s.b * H + h) * Lq + i)] = sd.partials2;
         }
         if (pb.has_sinks()) {
           dsinks_part[size_t(seg * H + h)] -= std::exp(pb.sink(h) - lse) * Di;
@@ -483,6 +512,8 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
     const Broadcast& map = pb.bias_map();
     r.dbias_rounding_l1.assign(r.dbias.size(), 0.0);
     r.dbias_rounding_l2.assign(r.dbias.size(), 0.0);
+    r.dbias_dot_l1.assign(r.dbias.size(), 0.0);
+    r.dbias_dot_l2.assign(r.dbias.size(), 0.0);
     // W_e = Σ_j P_ij over the row's columns that land on dbias element e (several when bias
     // broadcasts along keys): the row's δD_i moves dbias_e by -W_e δD_i.
     std::vector<double> weight(r.dbias.size(), 0.0);
@@ -496,15 +527,20 @@ BackwardResult backward_impl(const TensorView& dout_in, const TensorView& q_in, 
             dbias[e] += ds_grid[row * size_t(Lk) + size_t(j)];
             if (weight[e] == 0) touched.push_back(e);
             weight[e] += double(p_grid[row * size_t(Lk) + size_t(j)]);
+            r.dbias_dot_l1[e] += dp_l1_grid[row * size_t(Lk) + size_t(j)];
+            r.dbias_dot_l2[e] += dp_l2_grid[row * size_t(Lk) + size_t(j)];
           }
           for (size_t e : touched) {
             r.dbias_rounding_l1[e] += weight[e] * row_l1_grid[row];
             r.dbias_rounding_l2[e] += weight[e] * weight[e] * row_l2_grid[row];
+            r.dbias_dot_l1[e] += weight[e] * d_l1_grid[row];
+            r.dbias_dot_l2[e] += weight[e] * weight[e] * d_l2_grid[row];
             weight[e] = 0;
           }
           touched.clear();
         }
     for (double& x : r.dbias_rounding_l2) x = std::sqrt(x);
+    for (double& x : r.dbias_dot_l2) x = std::sqrt(x);
     std::copy(dbias.begin(), dbias.end(), r.dbias.begin());
   }
   if (pb.has_sinks()) {

@@ -50,6 +50,12 @@ struct BackwardResult {
   // Σ_j' a_ij' δ_ij' (a as above, without the sink factor) moves it by -W δD_i, with W the
   // row's Σ P_ij over those j: the norms over every row's W·a_ij'.
   std::vector<double> dbias_rounding_l1, dbias_rounding_l2;
+  // Shape of dbias, empty without bias: its sensitivity to the f32 rounding of the two
+  // Dv-long dot products in dS_ij = P_ij (Z_ij dP_ij - D_i), dP_ij = dout_i · v_j and
+  // D_i = dout_i · out_i (their single roundings, in units of 2^-24): l1 = Σ |P Z| Dv Σ|dout v|
+  // + W Dv Σ|dout out| (worst case), l2 = the l2 norm of the roundings' coefficients
+  // (partial sums in sequential order), over the (b, h, i, j) that land on each element.
+  std::vector<double> dbias_dot_l1, dbias_dot_l2;
 };
 
 // The oracle: double accumulation, nothing rounded.
