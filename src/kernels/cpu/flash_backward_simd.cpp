@@ -173,23 +173,6 @@ struct KeyTile {
   int64_t v_stride;
 };
 
-// Sᵀ of keys [j0, j0 + nk) on vdpbf16ps, as the forward's tiles_bf16 computes it (the same
-// pairs, the same products and sums, scale applied last): the backward's P is then exactly
-// the forward's, at any logit size.
-void bf16_scores_t(const AttentionParams& p, const SequenceSpan& s, const TileShape& t, int64_t hkv, int64_t j0,
-                   int64_t nk, const QuerySide& qs, const BackwardTiles& w) {
-  const int64_t d2 = (p.D + 1) / 2;
-  const uint32_t* k_pairs = w.k_pairs;
-  int64_t k_stride = d2;
-  if (key_pairs_in_place(p, s, hkv, j0, nk)) {
-    k_pairs = reinterpret_cast<const uint32_t*>(kv_row<bf16>(p.k, s, hkv, j0));
-    k_stride = p.k.stride_l / 2;
-  } else {
-    pack_key_pairs(p, s, hkv, j0, nk, w.k_pairs);
-  }
-  bf16_outer_product(qs.q_pairs, t.rows_pad, k_pairs, k_stride, 1, d2, kTileK, t.rows_pad, w.s_t, false, p.scale);
-}
-
 // For keys [j0, j0 + nk) and a packed query block: Sᵀ <- Pᵀ (∘ Z) and dpᵀ <- dS'ᵀ, the
 // gradient w.r.t. scale·QKᵀ (through the softcap when set), or with through_softcap false
 // dSᵀ, the gradient w.r.t. the modified score (d(bias): the bias is added after the softcap).
@@ -204,7 +187,7 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
       decode_scores<typename decltype(k_type)::type>(p, t, s, hkv, p.group * n, j0, nk, qs.q_t, w.s_t, 1, t.rows_pad,
                                                      [](int64_t) {});
     });
-  else if (use_bf16_dot(p)) bf16_scores_t(p, s, t, hkv, j0, nk, qs, w);
+  else if (use_bf16_dot(p)) bf16_scores_tile(p, s, hkv, j0, nk, qs.q_pairs, t.rows_pad, w.k_pairs, w.s_t);  // the forward's
   else scores_t(qs.q_t, kv.k, kv.k_stride, p.D, t, w.s_t);
   if (softcap) std::copy_n(w.s_t, kTileK * t.rows_pad, w.raw_t);
   modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);

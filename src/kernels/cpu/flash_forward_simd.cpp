@@ -58,18 +58,9 @@ void accumulate_tiled_bf16(const AttentionParams& p, const TileShape& t, const S
 // only) into the running m, l and Oᵀ, on vdpbf16ps; Qᵀ already paired in w.q_pairs.
 void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan& s, int64_t hkv, int64_t i0,
                 int64_t n, int64_t ja, int64_t jb, const ForwardTiles& w) {
-  const int64_t d2 = (p.D + 1) / 2;
   for (int64_t j0 = ja; j0 < jb; j0 += kTileK) {
     const int64_t nk = std::min(kTileK, jb - j0);
-    const uint32_t* k_pairs = w.k_pairs;
-    int64_t k_stride = d2;
-    if (key_pairs_in_place(p, s, hkv, j0, nk)) {
-      k_pairs = reinterpret_cast<const uint32_t*>(kv_row<bf16>(p.k, s, hkv, j0));
-      k_stride = p.k.stride_l / 2;
-    } else {
-      pack_key_pairs(p, s, hkv, j0, nk, w.k_pairs);
-    }
-    bf16_outer_product(w.q_pairs, t.rows_pad, k_pairs, k_stride, 1, d2, kTileK, t.rows_pad, w.s_t, false, p.scale);
+    bf16_scores_tile(p, s, hkv, j0, nk, w.q_pairs, t.rows_pad, w.k_pairs, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
     rescale_output_t(t, w.corr, w.o);

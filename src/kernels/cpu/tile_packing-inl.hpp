@@ -14,6 +14,7 @@
 
 #include <hwy/highway.h>
 
+#include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/cpu/simd_common-inl.hpp"
 
 HWY_BEFORE_NAMESPACE();
@@ -249,6 +250,24 @@ inline void pack_key_pairs(const AttentionParams& p, const SequenceSpan& s, int6
 inline bool key_pairs_in_place(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk) {
   return !p.paged && nk == kTileK && p.D % 2 == 0 && p.k.stride_l % 2 == 0 &&
          reinterpret_cast<uintptr_t>(kv_row<bf16>(p.k, s, hkv, j0)) % 4 == 0;
+}
+
+// Sᵀ = scale · K Qᵀ of keys [j0, j0 + nk) on vdpbf16ps, from Qᵀ as unscaled bf16 pairs
+// (q_pairs, rows_pad apart): K read as pairs where it lies, else packed into k_scratch
+// (kTileK x D/2). The forward's tiles and the backward's recomputation both call this, so
+// the backward's P is the forward's bit for bit at any logit size.
+inline void bf16_scores_tile(const AttentionParams& p, const SequenceSpan& s, int64_t hkv, int64_t j0, int64_t nk,
+                             const uint32_t* q_pairs, int64_t rows_pad, uint32_t* k_scratch, float* s_t) {
+  const int64_t d2 = (p.D + 1) / 2;
+  const uint32_t* k_pairs = k_scratch;
+  int64_t k_stride = d2;
+  if (key_pairs_in_place(p, s, hkv, j0, nk)) {
+    k_pairs = reinterpret_cast<const uint32_t*>(kv_row<bf16>(p.k, s, hkv, j0));
+    k_stride = p.k.stride_l / 2;
+  } else {
+    pack_key_pairs(p, s, hkv, j0, nk, k_scratch);
+  }
+  bf16_outer_product(q_pairs, rows_pad, k_pairs, k_stride, 1, d2, kTileK, rows_pad, s_t, false, p.scale);
 }
 
 // With a mask or bias, a key inside the tile may be masked for every row; its K or V row
