@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "multihead/multihead.hpp"
+#include "regression/case_gradients.hpp"
 #include "reference/attention_reference.hpp"
 #include "reference/cases.hpp"
 
@@ -59,13 +60,7 @@ TEST(Regression, Bf16DbiasErrorIsThePRoundingInOutAndStaysWithinItsDerivedBound)
     reference::CaseInputs in = reference::materialize(c);
     const AttentionOptions& o = in.options;
     ASSERT_TRUE(o.bias.has_value());
-    Tensor out = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.Dv}), lse = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq});
-    attention_forward(in.q.view, in.k.view, in.v.view, ForwardOutputs{out.view(), lse.view(), std::nullopt}, o);
-    Tensor dq = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.D}), dk = Tensor::empty(DType::kF32, {c.B, c.Lk, c.Hkv, c.D}),
-           dv = Tensor::empty(DType::kF32, {c.B, c.Lk, c.Hkv, c.Dv});
-    Tensor dbias = Tensor::empty(DType::kF32, o.bias->rank, o.bias->shape);
-    attention_backward(in.dout.view(), in.q.view, in.k.view, in.v.view, out.view(), lse.view(),
-                       BackwardOutputs{dq.view(), dk.view(), dv.view(), dbias.view(), std::nullopt}, o);
+    const KernelGradients g = kernel_gradients(c, in);
     const reference::BackwardResult oracle =
         reference::attention_backward(in.dout.view(), in.q.view, in.k.view, in.v.view, o);
     const reference::ForwardResult oracle_f = reference::attention_forward(in.q.view, in.k.view, in.v.view, o);
@@ -88,7 +83,7 @@ TEST(Regression, Bf16DbiasErrorIsThePRoundingInOutAndStaysWithinItsDerivedBound)
         }
 
     const double u = 0x1p-8;  // bf16's unit roundoff
-    const float* ours = dbias.data_as<float>();
+    const float* ours = g.dbias.data_as<float>();
     for (size_t e = 0; e < oracle.dbias.size(); ++e) {
       const double bound = u * std::min(oracle.dbias_rounding_l1[e], 7.0 * oracle.dbias_rounding_l2[e]);
       EXPECT_LE(std::abs(double(ours[e]) - oracle.dbias[e]), bound) << c.describe() << " element " << e;

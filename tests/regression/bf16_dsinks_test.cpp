@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "multihead/multihead.hpp"
+#include "regression/case_gradients.hpp"
 #include "reference/attention_reference.hpp"
 #include "reference/cases.hpp"
 
@@ -51,19 +52,14 @@ TEST(Regression, Bf16DsinksErrorIsThePRoundingInOutAndStaysWithinItsDerivedBound
     ASSERT_FALSE(c.varlen() && c.probs);
     reference::CaseInputs in = reference::materialize(c);
     const AttentionOptions& o = in.options;
-    Tensor out = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.Dv}), lse = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq});
-    attention_forward(in.q.view, in.k.view, in.v.view, ForwardOutputs{out.view(), lse.view(), std::nullopt}, o);
-    Tensor dq = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.D}), dk = Tensor::empty(DType::kF32, {c.B, c.Lk, c.Hkv, c.D}),
-           dv = Tensor::empty(DType::kF32, {c.B, c.Lk, c.Hkv, c.Dv}), dsinks = Tensor::empty(DType::kF32, {c.H});
-    attention_backward(in.dout.view(), in.q.view, in.k.view, in.v.view, out.view(), lse.view(),
-                       BackwardOutputs{dq.view(), dk.view(), dv.view(), std::nullopt, dsinks.view()}, o);
+    const KernelGradients g = kernel_gradients(c, in);
     const reference::BackwardResult oracle =
         reference::attention_backward(in.dout.view(), in.q.view, in.k.view, in.v.view, o);
     const reference::ForwardResult oracle_f = reference::attention_forward(in.q.view, in.k.view, in.v.view, o);
     const double u = 0x1p-8;  // bf16's unit roundoff
     for (int64_t h = 0; h < c.H; ++h) {
       const double bound = u * std::min(oracle.dsinks_rounding_l1[size_t(h)], 7.0 * oracle.dsinks_rounding_l2[size_t(h)]);
-      const double error = std::abs(double(dsinks.data_as<float>()[h]) - oracle.dsinks[size_t(h)]);
+      const double error = std::abs(double(g.dsinks.data_as<float>()[h]) - oracle.dsinks[size_t(h)]);
       EXPECT_LE(error, bound) << c.describe() << " head " << h;
       EXPECT_LE(bound, 0.1 * std::abs(oracle.dsinks[size_t(h)])) << c.describe() << " head " << h;
       // Mean |e^{sink - lse_i} D_i| over the head's rows (the oracle's out and lse).

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "multihead/multihead.hpp"
+#include "regression/case_gradients.hpp"
 #include "reference/attention_reference.hpp"
 #include "reference/cases.hpp"
 
@@ -32,20 +33,12 @@ TEST(Regression, F32DbiasErrorStaysWithinItsDotProductBound) {
   reference::CaseInputs in = reference::materialize(c);
   const AttentionOptions& o = in.options;
   ASSERT_TRUE(o.bias.has_value());
-  Tensor out = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.Dv}), lse = Tensor::empty(DType::kF32, {c.B, c.H, c.Lq});
-  attention_forward(in.q.view, in.k.view, in.v.view, ForwardOutputs{out.view(), lse.view(), std::nullopt}, o);
-  Tensor dq = Tensor::empty(DType::kF32, {c.B, c.Lq, c.H, c.D}), dk = Tensor::empty(DType::kF32, {c.B, c.Lk, c.Hkv, c.D}),
-         dv = Tensor::empty(DType::kF32, {c.B, c.Lk, c.Hkv, c.Dv});
-  Tensor dbias = Tensor::empty(DType::kF32, o.bias->rank, o.bias->shape);
-  Tensor dsinks = Tensor::empty(DType::kF32, {c.H});
-  BackwardOutputs grads{dq.view(), dk.view(), dv.view(), dbias.view(), std::nullopt};
-  if (o.sinks) grads.dsinks = dsinks.view();
-  attention_backward(in.dout.view(), in.q.view, in.k.view, in.v.view, out.view(), lse.view(), grads, o);
+  const KernelGradients g = kernel_gradients(c, in);
   const reference::BackwardResult oracle =
       reference::attention_backward(in.dout.view(), in.q.view, in.k.view, in.v.view, o);
   for (size_t e = 0; e < oracle.dbias.size(); ++e) {
     const double bound = 0x1p-24 * std::min(oracle.dbias_dot_l1[e], 7.0 * oracle.dbias_dot_l2[e]);
-    EXPECT_LE(std::abs(double(dbias.data_as<float>()[e]) - oracle.dbias[e]), bound) << "element " << e;
+    EXPECT_LE(std::abs(double(g.dbias.data_as<float>()[e]) - oracle.dbias[e]), bound) << "element " << e;
     EXPECT_LE(bound, 1e-3) << "element " << e;  // one row's dS here is O(1)
   }
 }
