@@ -8,9 +8,11 @@
 // Multiply-adds are fused on AVX-512 and AVX2, a product then a sum on HWY_SCALAR. The trees:
 //   AVX-512 (sum_lanes16, kernels/cpu/lane_sum.hpp): per 128-bit block k
 //     b_k = (x[4k] + x[4k+2]) + (x[4k+1] + x[4k+3]), then (b_0 + b_1) + (b_2 + b_3)
-//   AVX2 (Highway 1.0's SumOfLanes on 256 bits): ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))
+//   AVX2 (sum_lanes8, the tree of Highway's SumOfLanes on 256 bits):
+//     ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))
 //   HWY_SCALAR: the one lane.
-// The result must not depend on how rows and keys are blocked (1 row x 16 keys, 2 x 8, 4 x 4,
+// The result must not depend on how rows and keys are blocked (1 row x 16 keys, 2 x 8, 4 x 4;
+// AVX2 1 x 8, 2 x 4, 4 x 2,
 // with repeated last rows and keys), on K's dtype (bf16 and f16 widen exactly) or on where
 // the rows lie; ahead(c) runs exactly once per key, in order.
 // g++ 12 reports _mm512_undefined_ps() inside its own intrinsics as maybe-uninitialized.

@@ -85,15 +85,31 @@ HWY_INLINE void dot_rows(const float* HWY_RESTRICT q, int64_t q_stride, const T*
   }
 }
 
+#if HWY_TARGET <= HWY_AVX3 || HWY_TARGET == HWY_AVX2
+// Scores summed a block at a time: one vector of lane sums per accumulator.
+inline constexpr int kDotBlock = HWY_TARGET <= HWY_AVX3 ? 16 : 8;
+
+HWY_INLINE void store_lane_sums(const hn::Vec<FloatTag>* acc, float* HWY_RESTRICT sums) {
 #if HWY_TARGET <= HWY_AVX3
-// A block of R rows x 16/R keys of decode scores: one accumulator per (row, key) along D,
-// then sum_lanes16. Rows and keys past the valid ones repeat the last valid one (results
-// dropped), so every score goes through the same arithmetic whatever block it falls in.
+  __m512 raw[16];
+  for (int e = 0; e < 16; ++e) raw[e] = acc[e].raw;
+  _mm512_store_ps(sums, sum_lanes16(raw));
+#else
+  __m256 raw[8];
+  for (int e = 0; e < 8; ++e) raw[e] = acc[e].raw;
+  _mm256_store_ps(sums, sum_lanes8(raw));
+#endif
+}
+
+// A block of R rows x kDotBlock/R keys of decode scores: one accumulator per (row, key)
+// along D, then the lane sums (sum_lanes16 or sum_lanes8). Rows and keys past the valid ones
+// repeat the last valid one (results dropped), so every score goes through the same
+// arithmetic whatever block it falls in.
 template <int R, typename T, class Ahead>
 HWY_INLINE void dot_block(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, const T* HWY_RESTRICT k,
                           int64_t k_stride, int64_t D, int64_t c0, int64_t nk, float* HWY_RESTRICT s, int64_t rs,
                           int64_t cs, bool call_ahead, const Ahead& ahead) {
-  constexpr int C = 16 / R;
+  constexpr int C = kDotBlock / R;
   const FloatTag d;
   const int64_t N = row_vector(), full = D / N * N;
   const float* qr[R];
@@ -103,8 +119,8 @@ HWY_INLINE void dot_block(const float* HWY_RESTRICT q, int64_t q_stride, int64_t
     if (call_ahead && c0 + c < nk) ahead(c0 + c);
     kc[c] = k + std::min<int64_t>(c0 + c, nk - 1) * k_stride;
   }
-  hn::Vec<FloatTag> acc[16];
-  for (int e = 0; e < 16; ++e) acc[e] = hn::Zero(d);
+  hn::Vec<FloatTag> acc[kDotBlock];
+  for (int e = 0; e < kDotBlock; ++e) acc[e] = hn::Zero(d);
   for (int64_t x = 0; x < full; x += N) {
     hn::Vec<FloatTag> qv[R];
     for (int r = 0; r < R; ++r) qv[r] = hn::LoadU(d, qr[r] + x);
@@ -113,10 +129,8 @@ HWY_INLINE void dot_block(const float* HWY_RESTRICT q, int64_t q_stride, int64_t
       for (int r = 0; r < R; ++r) acc[r * C + c] = hn::MulAdd(qv[r], kv, acc[r * C + c]);
     }
   }
-  __m512 raw[16];
-  for (int e = 0; e < 16; ++e) raw[e] = acc[e].raw;
-  alignas(64) float sums[16];
-  _mm512_store_ps(sums, sum_lanes16(raw));
+  alignas(64) float sums[kDotBlock];
+  store_lane_sums(acc, sums);
   for (int r = 0; r < R && r < rows; ++r)
     for (int c = 0; c < C && c0 + c < nk; ++c) {
       float sum = sums[r * C + c];
@@ -135,12 +149,12 @@ template <typename T, class Ahead>
 void dot_scores(const float* HWY_RESTRICT q, int64_t q_stride, int64_t rows, const T* HWY_RESTRICT k,
                 int64_t k_stride, int64_t D, int64_t nk, float* HWY_RESTRICT s, int64_t rs, int64_t cs,
                 const Ahead& ahead) {
-#if HWY_TARGET <= HWY_AVX3
+#if HWY_TARGET <= HWY_AVX3 || HWY_TARGET == HWY_AVX2
   if (nk <= 0 || rows <= 0) return;
-  // 1 or 2 rows: 16 or 8 keys a block; otherwise blocks of 4 rows x 4 keys.
+  // 1 or 2 rows: kDotBlock or kDotBlock/2 keys a block; otherwise blocks of 4 rows.
   const auto run = [&](auto rows_per_block) {
     constexpr int R = decltype(rows_per_block)::value;
-    for (int64_t c0 = 0; c0 < nk; c0 += 16 / R)
+    for (int64_t c0 = 0; c0 < nk; c0 += kDotBlock / R)
       for (int64_t r = 0; r < rows; r += R)
         dot_block<R>(q + r * q_stride, q_stride, rows - r, k, k_stride, D, c0, nk, s + r * rs, rs, cs, r == 0,
                      ahead);
