@@ -42,7 +42,10 @@ namespace multihead {
 
 enum class KvCacheDType : uint8_t { kF32, kBF16, kI8 };
 const char* to_string(KvCacheDType dtype);  // "float32", "bfloat16", "int8"
-size_t element_size(KvCacheDType dtype);    // 4, 2, 1
+// 4, 2, 1 (inline: the kernels ask it for every row they address)
+constexpr size_t element_size(KvCacheDType dtype) {
+  return dtype == KvCacheDType::kF32 ? 4 : dtype == KvCacheDType::kBF16 ? 2 : 1;
+}
 
 struct KvCacheOptions {
   int64_t num_kv_heads = 0;             // Hkv >= 1

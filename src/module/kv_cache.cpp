@@ -29,15 +29,6 @@ const char* to_string(KvCacheDType dtype) {
   return "unknown";
 }
 
-size_t element_size(KvCacheDType dtype) {
-  switch (dtype) {
-    case KvCacheDType::kF32: return 4;
-    case KvCacheDType::kBF16: return 2;
-    case KvCacheDType::kI8: return 1;
-  }
-  return 0;
-}
-
 namespace {
 
 using std::to_string;

@@ -9,6 +9,7 @@
 #endif
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstring>
 
@@ -180,8 +181,11 @@ struct PagedRow {
 };
 inline PagedRow paged_row(const AttentionParams& p, bool values, const SequenceSpan& s, int64_t hkv, int64_t j) {
   const KvCacheLayout& c = p.paged_cache;
-  const int64_t block = p.paged_tables[size_t(s.batch)][j / c.block_size];
-  const int64_t row = hkv * c.block_size + j % c.block_size, dim = values ? c.v_head_dim : c.head_dim;
+  // block_size is a power of two (KvCache checks): a shift and a mask, not a division,
+  // since decode asks for every key row it prefetches.
+  const int shift = std::countr_zero(uint64_t(c.block_size));
+  const int64_t block = p.paged_tables[size_t(s.batch)][j >> shift];
+  const int64_t row = hkv * c.block_size + (j & (c.block_size - 1)), dim = values ? c.v_head_dim : c.head_dim;
   const std::byte* blocks = values ? c.v_blocks : c.k_blocks;
   const float* scales = values ? c.v_scales : c.k_scales;
   return {blocks + block * (values ? c.v_block_bytes : c.k_block_bytes) + row * dim * int64_t(element_size(c.dtype)),
@@ -194,7 +198,7 @@ template <class F>
 inline void for_each_paged_run(const AttentionParams& p, int64_t j0, int64_t nk, F&& f) {
   const int64_t bs = p.paged_cache.block_size;
   for (int64_t c0 = 0; c0 < nk;) {
-    const int64_t run = std::min(nk - c0, bs - (j0 + c0) % bs);
+    const int64_t run = std::min(nk - c0, bs - ((j0 + c0) & (bs - 1)));  // bs: a power of two
     f(c0, run);
     c0 += run;
   }
