@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "attention/cached.hpp"
+#include "attention/nonfinite.hpp"
 #include "attention/plan.hpp"
 #include "attention/validate.hpp"
 #include "core/view_checks.hpp"
@@ -82,7 +83,8 @@ void attention_backward(const TensorView& dout, const TensorView& q, const Tenso
   // The forward's params read out and lse (never written in the backward).
   const AttentionParams p = detail::plan_forward(sizes, q, k, v, ForwardOutputs{out, lse, std::nullopt}, options,
                                                  detail::PlanFor::kBackward);
-  const detail::BackwardParams g = detail::plan_backward(p, dout, grads, options);
+  const detail::BackwardParams g = detail::plan_backward(
+      p, dout, grads, options, detail::backward_inputs_nonfinite(dout, q, out, lse, options));
   int64_t per_thread = 0, shared = 0;
   detail::backward_scratch_floats(p, g, &per_thread, &shared);
   per_thread = aligned_floats(per_thread);

@@ -134,8 +134,9 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
 }
 
 BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, const BackwardOutputs& grads,
-                             const AttentionOptions& o) {
+                             const AttentionOptions& o, bool nonfinite_inputs) {
   BackwardParams g;
+  g.portable = !active_isa_traits().simd || nonfinite_inputs;
   g.dout = activation(dout);
   g.dq = activation(grads.dq), g.dk = activation(grads.dk), g.dv = activation(grads.dv);
   // dk/dv items cover every key row of each sequence's k tensor range (padding included:
@@ -167,7 +168,7 @@ BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, c
     g.dbias_reduce_b = reduce[0], g.dbias_reduce_h = reduce[1], g.dbias_reduce_i = reduce[2], g.dbias_reduce_j = reduce[3];
     // Portable: blocks of (head, tile_q rows); SIMD: blocks of (kv head, one group item's
     // rows), the rows the SIMD backward packs and scores together.
-    const bool simd = active_isa_traits().simd;
+    const bool simd = !g.portable;
     const int64_t heads = simd ? p.Hkv : p.H, rows = simd ? p.group_rows : p.tile_q;
     for (int64_t b = 0; b < (g.dbias_reduce_b ? 1 : p.B); ++b)
       for (int64_t h = 0; h < (g.dbias_reduce_h ? 1 : heads); ++h) {

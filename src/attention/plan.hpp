@@ -22,8 +22,9 @@ AttentionParams plan_forward(const ProblemSizes& s, const TensorView& q, const T
                              const TensorView& v, const ForwardOutputs& outputs,
                              const AttentionOptions& options, PlanFor plan_for = PlanFor::kForward);
 
-// The forward part of the backward's params (q, k, v, out, lse) plus the gradients.
+// The forward part of the backward's params (q, k, v, out, lse) plus the gradients; with
+// `nonfinite_inputs` (backward_inputs_nonfinite) the call is planned for the portable kernels.
 BackwardParams plan_backward(const AttentionParams& p, const TensorView& dout, const BackwardOutputs& grads,
-                             const AttentionOptions& options);
+                             const AttentionOptions& options, bool nonfinite_inputs);
 
 }  // namespace multihead::detail

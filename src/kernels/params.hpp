@@ -211,6 +211,10 @@ struct BackwardParams {
   //             group item); the rows are [0, Lq) when dbias_reduce_i
   // The planner fills the one the dispatched family reads.
   std::vector<WorkItem> bias_items;
+  // Run on the portable kernels although the ISA has SIMD ones: the inputs hold non-finite
+  // values, which only the portable kernels keep out of the rows and keys that cannot see
+  // them (they skip every zero P and dS; the SIMD tile products compute 0 · x).
+  bool portable = false;
 };
 
 }  // namespace multihead::detail

@@ -189,12 +189,14 @@ class Problem {
   // The softmax row of query i of head h over the segment's lk keys: p[j] = P_ij, and
   // s_raw[j] = scale · q_i·k_j for the softcap chain rule. Returns lse_i; a fully
   // masked row returns -inf with p all 0. Disallowed keys are never read, so garbage
-  // in masked K changes nothing.
+  // in masked K changes nothing; a NaN among the allowed scores makes lse and the
+  // allowed p NaN (never an empty row), the disallowed p staying 0.
   Acc softmax_row(const Segment& s, int64_t h, int64_t i, Acc* p, Acc* s_raw) const {
     constexpr Acc kNegInf = -std::numeric_limits<Acc>::infinity();
     const int64_t g = h / group;
     const int64_t diag = i + s.kv_offset;
     Acc m = kNegInf;
+    bool nan_score = false;
     for (int64_t j = 0; j < s.lk; ++j) {
       p[j] = kNegInf;  // holds the score until the normalisation below
       s_raw[j] = 0;
@@ -211,6 +213,11 @@ class Problem {
       if (!slopes_.empty() && !extra) score -= slopes_[size_t(h)] * Acc(std::abs(j - diag));
       p[j] = score;
       m = std::max(m, score);
+      nan_score = nan_score || std::isnan(score);
+    }
+    if (nan_score) {
+      for (int64_t j = 0; j < s.lk; ++j) p[j] = p[j] == kNegInf ? Acc(0) : std::numeric_limits<Acc>::quiet_NaN();
+      return std::numeric_limits<Acc>::quiet_NaN();
     }
     if (m == kNegInf) {
       std::fill(p, p + s.lk, Acc(0));

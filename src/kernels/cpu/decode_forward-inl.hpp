@@ -159,8 +159,12 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
       for (int64_t a = 0; a < p.Dv; ++a) st.o[r * st.o_stride + a] *= correction;
   }
   if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, kTileK, 1, w.row);
-  // O += P V
-  if (plain && p.paged) {
+  // O += P V. NaN and inf in V only reach the rows that weigh them (nonfinite_values-inl.hpp):
+  // a tile where some row weighs such a key 0 takes the packed path.
+  const bool guard = tile_needs_value_guard<T>(w.s_t, rows, nk, kTileK, 1, p.Dv, [&](int64_t c) {
+    return p.paged ? paged_rows(true, c) : kv_row<T>(p.v, s, hkv, j0 + c);
+  });
+  if (plain && !guard && p.paged) {
     for_each_paged_run(p, j0, nk, [&](int64_t c0, int64_t run) {
       if constexpr (std::is_same_v<T, int8_t>) {  // int8: P_c · v_c = (P_c · scale_c) · q_c (P is not read again)
         const float* scales = paged_row(p, true, s, hkv, j0 + c0).scale;
@@ -171,7 +175,7 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
     });
     return;
   }
-  if (plain) {
+  if (plain && !guard) {
     weighted_rows(w.s_t, kTileK, rows, kv_row<T>(p.v, s, hkv, j0), p.v.stride_l, p.Dv, nk, st.o, st.o_stride);
     return;
   }
@@ -182,6 +186,7 @@ void decode_tile(const AttentionParams& p, const TileShape& t, const SequenceSpa
     for (int64_t r = 0; r < rows; ++r) attended |= w.s_t[r * kTileK + c] != 0.0f;
     if (!attended) std::fill_n(w.v + c * t.dv_vec, t.dv_vec, 0.0f);
   }
+  if (guard) move_nonfinite_values(w.s_t, rows, nk, kTileK, 1, w.v, t.dv_vec, p.Dv, st.o, st.o_stride, 1);
   weighted_rows(w.s_t, kTileK, rows, static_cast<const float*>(w.v), t.dv_vec, p.Dv, nk, st.o, st.o_stride);
 }
 

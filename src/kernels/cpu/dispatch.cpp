@@ -88,15 +88,16 @@ void forward_scratch_floats(const AttentionParams& p, int64_t* per_thread, int64
 }
 
 // The SIMD backward covers every option (d(bias) included): the portable kernels are the
-// scalar twin only, so a SIMD call never recomputes P with other scores than its forward's.
+// scalar twin, and serve SIMD calls only when their inputs hold non-finite values
+// (g.portable): those rows are NaN anyway, and no other row or key may see them.
 void flash_backward(const AttentionParams& p, const BackwardParams& g, float* scratch, int64_t scratch_per_thread) {
-  if (isa_choice().simd) flash_backward_simd(p, g, scratch, scratch_per_thread);
+  if (isa_choice().simd && !g.portable) flash_backward_simd(p, g, scratch, scratch_per_thread);
   else flash_backward_portable(p, g, scratch, scratch_per_thread);
 }
 
-void backward_scratch_floats(const AttentionParams& p, const BackwardParams& /*g*/, int64_t* per_thread,
+void backward_scratch_floats(const AttentionParams& p, const BackwardParams& g, int64_t* per_thread,
                              int64_t* shared) {
-  if (isa_choice().simd) {
+  if (isa_choice().simd && !g.portable) {
     backward_simd_scratch_floats(p, per_thread, shared);
   } else {
     *per_thread = backward_portable_scratch_floats(p);

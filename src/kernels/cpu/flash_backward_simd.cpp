@@ -95,7 +95,7 @@ struct BackwardTiles {
 BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& take) {
   BackwardTiles w;
   w.k = take(kTileK * t.d_vec);
-  w.k_dq = take(fuse_dq(p) && p.keys_maskable ? kTileK * t.d_vec : 0);
+  w.k_dq = take(fuse_dq(p) ? kTileK * t.d_vec : 0);
   w.v = take(kTileK * p.Dv);
   w.s_t = take(kTileK * t.rows_pad);
   w.raw_t = take(kTileK * t.rows_pad);
@@ -249,7 +249,7 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
       if (with_dq) {
         const int64_t nk_q = std::min(nk, key_range(p, s, i0 + n - 1).hi - j0);
         const float* k = w.k;
-        if (p.keys_maskable) {  // as dq_item: 0 · garbage K
+        if (p.keys_maskable || unattended_keys_nonfinite(w.dp_t, nk_q, t, w.k, t.d_vec, p.D)) {  // as dq_item: 0 · garbage K
           std::copy_n(w.k, kTileK * t.d_vec, w.k_dq);
           zero_unattended_rows(w.dp_t, nk_q, t, w.k_dq, t.d_vec);
           k = w.k_dq;
@@ -297,9 +297,16 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
   const auto keys = [&](const SequenceSpan& span, int64_t j_begin, int64_t j_end) {
     for (int64_t j0 = j_begin; j0 < j_end; j0 += kTileK) {
       const int64_t nk = std::min(kTileK, j_end - j0);
-      const KeyTile kv = key_tile(p, span, t, hkv, j0, nk, w);
+      KeyTile kv = key_tile(p, span, t, hkv, j0, nk, w);
       probs_and_dscores(p, span, t, hkv, i0, n, j0, nk, kv, qs, w);
-      if (p.keys_maskable) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);  // 0 · garbage K
+      // 0 · garbage K: masked keys (packed), or keys no row attends whose K holds NaN or inf
+      // (window and causal edges; packed first when read in place)
+      bool zero_keys = p.keys_maskable;  // then K is packed (plan: dq_keys_in_place)
+      if (!zero_keys && unattended_keys_nonfinite(w.dp_t, nk, t, kv.k, kv.k_stride, p.D)) {
+        if (kv.k != w.k) pack_rows(p.k, span, hkv, j0, nk, p.D, t.d_vec, w.k);
+        kv.k = w.k, kv.k_stride = t.d_vec, zero_keys = true;
+      }
+      if (zero_keys) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);
       // dQ += dS K   (scale applied once at the end)
       outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
     }

@@ -49,11 +49,11 @@ void keys_online_softmax(const AttentionParams& p, const SequenceSpan& s, int64_
     score_tile(p, s, h, i0, n, j0, nk, w.q_tile, w.k_t, w.S, nullptr);
     for (int64_t r = 0; r < n; ++r) {
       float* srow = w.S + r * nk;
-      float tile_max = kNegInf;
-      for (int64_t c = 0; c < nk; ++c) tile_max = std::max(tile_max, srow[c]);
+      float tile_max = kNegInf;  // NaN when a score is (then so are m, l and acc)
+      for (int64_t c = 0; c < nk; ++c) tile_max = nan_max(tile_max, srow[c]);
       if (tile_max == kNegInf) continue;  // nothing allowed in this tile for this row
       // m' = max(m, max_j s);  l = l·e^(m - m') + Σ e^(s - m');  acc = acc·e^(m - m') + P·V
-      const float m_new = std::max(w.m[r], tile_max);
+      const float m_new = nan_max(w.m[r], tile_max);
       const float correction = std::exp(w.m[r] - m_new);  // 0 when m was -inf
       float sum = 0.0f;
       for (int64_t c = 0; c < nk; ++c) {
@@ -100,7 +100,7 @@ void forward_item(const AttentionParams& p, const WorkItem& item, const ForwardS
     const int64_t i = i0 + r;
     float* acc = w.acc + r * p.Dv;
     const RowResult result = finish_row(w.m[r], w.l[r], sink);
-    if (w.m[r] == kNegInf) std::fill_n(acc, p.Dv, 0.0f);  // never 0 · inf
+    if (row_is_empty(w.m[r], w.l[r])) std::fill_n(acc, p.Dv, 0.0f);  // never 0 · inf
     store_row(p.out.data, p.out.dtype,
               s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h, p.Dv, acc,
               result.out_factor);

@@ -43,7 +43,7 @@ void finalize(const AttentionParams& p, const TileShape& t, const SequenceSpan& 
       const RowResult result = finish_row(m_run[r], l_run[r], sink_logit(p, h));
       if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
       // a row with no allowed key is 0, whatever 0 · garbage left in its accumulator
-      const float* src = m_run[r] == kNegInf ? nullptr : block + (r - r0) * block_stride;
+      const float* src = row_is_empty(m_run[r], l_run[r]) ? nullptr : block + (r - r0) * block_stride;
       const int64_t offset = s.batch * p.out.stride_b + (s.q_begin + i) * p.out.stride_l + h * p.out.stride_h;
       if (stream) {
         float* dst = static_cast<float*>(p.out.data) + offset;

@@ -111,7 +111,7 @@ inline void finish_paged_item(const PagedParams& p, const WorkItem& item, const 
     const RowResult result = finish_row(m[r], l[r], sink_logit(p, h));
     if (p.lse) *lse_ptr(p, s, h, i) = result.lse;
     const int64_t offset = s.batch * p.out.stride_b + i * p.out.stride_l + h * p.out.stride_h;
-    if (m[r] == kNegInf) {  // +0 is all zero bits in f32, bf16 and f16
+    if (row_is_empty(m[r], l[r])) {  // +0 is all zero bits in f32, bf16 and f16
       const size_t size = dtype_size(p.out.dtype);
       std::memset(static_cast<char*>(p.out.data) + offset * int64_t(size), 0, size_t(p.Dv) * size);
     } else {

@@ -48,10 +48,10 @@ void accumulate_portable(const PagedParams& p, const WorkItem& item, IndexRange 
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* srow = w.s + r * kTileK;
-      float tile_max = kNegInf;
-      for (int64_t c = 0; c < nk; ++c) tile_max = std::max(tile_max, srow[c]);
+      float tile_max = kNegInf;  // NaN when a score is (then so are m, l and O)
+      for (int64_t c = 0; c < nk; ++c) tile_max = nan_max(tile_max, srow[c]);
       if (tile_max == kNegInf) continue;  // nothing allowed in this tile for this row
-      const float m_new = std::max(m[r], tile_max);
+      const float m_new = nan_max(m[r], tile_max);
       const float correction = std::exp(m[r] - m_new);  // 0 when m was -inf
       float sum = 0.0f;
       for (int64_t c = 0; c < nk; ++c) {

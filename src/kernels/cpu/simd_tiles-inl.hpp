@@ -5,6 +5,7 @@
 //   outer_product-inl.hpp        the micro-kernel behind every tile product
 //   tile_packing-inl.hpp         rows in and out of tiles, transposes, masked-key zeroing
 //   decode_dots-inl.hpp          the decode path's dot products (f32 and vdpbf16ps)
+//   nonfinite_values-inl.hpp     NaN and inf in V kept away from rows that weigh them 0
 //   score_modifiers_simd-inl.hpp softcap, bias, ALiBi and masks on Sᵀ, and their backward
 //
 // Layout: the rows of a work item (the group's query heads x a block of queries) run
@@ -28,6 +29,7 @@
 #include "kernels/cpu/outer_product-inl.hpp"
 #include "kernels/cpu/tile_packing-inl.hpp"
 #include "kernels/cpu/decode_dots-inl.hpp"
+#include "kernels/cpu/nonfinite_values-inl.hpp"
 #include "kernels/cpu/score_modifiers_simd-inl.hpp"
 
 #endif  // MULTIHEAD_SIMD_TILES_INL_H_

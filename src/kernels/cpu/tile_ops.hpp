@@ -129,14 +129,23 @@ inline float sink_logit(const AttentionParams& p, int64_t h) {
   return p.sinks ? p.sinks[h * p.sinks_stride] : kNegInf;
 }
 
+// max(a, b), NaN when either is NaN (std::max(a, NaN) is a): a NaN score must reach the
+// row's running max, never be dropped by it.
+inline float nan_max(float a, float b) { return a != a || b != b ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b); }
+
+// A row that saw no allowed key: m = -inf and l = 0. A NaN score leaves l NaN (e^NaN is
+// NaN, whatever m is), so a row that saw one is NaN, never reported as empty.
+inline bool row_is_empty(float m, float l) { return m == kNegInf && !std::isnan(l); }
+
 // The end of a row's online softmax: from the running max m and sum l (over keys, m = -inf
 // when none was allowed) and the head's sink logit, lse = log(Σ e^s + e^sink) and the factor
 // that turns the running P·V sum into out. A row with no allowed key gives lse -inf and
-// factor 0 (out 0), with or without a sink.
+// factor 0 (out 0), with or without a sink; a row whose l is NaN gives NaN for both.
 struct RowResult {
   float lse, out_factor;
 };
 inline RowResult finish_row(float m, float l, float sink) {
+  if (std::isnan(l)) return {l, l};
   if (m == kNegInf) return {kNegInf, 0.0f};
   if (sink == kNegInf) return {m + std::log(l), 1.0f / l};
   const float m_new = std::max(m, sink);
