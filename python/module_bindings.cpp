@@ -97,8 +97,35 @@ mh::WeightNames parse_names(const std::string& names) {
 }
 
 
+// A Python int within [lo, hi], else a typed error naming the setting and the value given
+// (pybind11's own conversion answers a TypeError listing overloads, or wraps).
+int64_t int_in(const py::object& value, const char* name, int64_t lo, int64_t hi, const std::string& expected) {
+  if (!PyLong_Check(value.ptr()) || PyBool_Check(value.ptr()))
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, "config", name, "an int", py::str(py::repr(value)));
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  if (overflow != 0 || x < lo || x > hi)
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, "config", name, expected, py::str(value));
+  return x;
+}
+
 // 0 stands for "the default" in MultiHeadAttentionConfig; None is that default here.
-int64_t dim_or_default(const py::object& value) { return value.is_none() ? 0 : value.cast<int64_t>(); }
+int64_t dim_or_default(const py::object& value, const char* name) {
+  if (value.is_none()) return 0;
+  return int_in(value, name, 1, INT64_MAX, "None or an int in [1, 2^63 - 1]");
+}
+
+// Any int in [0, 2^64 - 1]: a negative seed is an error, not 2^64 - 1.
+uint64_t seed_arg(const py::object& value) {
+  if (!PyLong_Check(value.ptr()) || PyBool_Check(value.ptr()))
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, "config", "seed", "an int", py::str(py::repr(value)));
+  const unsigned long long x = PyLong_AsUnsignedLongLong(value.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    throw mh::Error(mh::ErrorKind::kInvalidArgument, "config", "seed", "an int in [0, 2^64 - 1]", py::str(value));
+  }
+  return x;
+}
 
 const char* dtype_name(mh::DType dtype) { return dtype == mh::DType::kBF16 ? "bfloat16" : "float32"; }
 
@@ -267,27 +294,27 @@ void init_module_bindings(py::module_& m) {
       "gives GQA/MQA; head_dim defaults to embed_dim // num_heads; dtype is the weights'\n"
       "('float32' or 'bfloat16'). Inputs are batch-first. rotary_dim > 0 rotates Q and K\n"
       "(multihead.apply_rotary's arithmetic) at the tokens' positions after the projections.")
-      .def(py::init([](int64_t embed_dim, int64_t num_heads, const py::object& num_kv_heads,
+      .def(py::init([](const py::object& embed_dim, const py::object& num_heads, const py::object& num_kv_heads,
                        const py::object& head_dim, const py::object& v_head_dim, const py::object& kdim,
                        const py::object& vdim, const py::object& out_dim, bool bias, bool add_bias_kv,
-                       bool add_zero_attn, double dropout, uint64_t seed, const std::string& dtype,
-                       int64_t rotary_dim, double rotary_base, bool rotary_interleaved) {
+                       bool add_zero_attn, double dropout, const py::object& seed, const std::string& dtype,
+                       const py::object& rotary_dim, double rotary_base, bool rotary_interleaved) {
              mh::MultiHeadAttentionConfig c;
-             c.embed_dim = embed_dim;
-             c.num_heads = num_heads;
-             c.num_kv_heads = dim_or_default(num_kv_heads);
-             c.head_dim = dim_or_default(head_dim);
-             c.v_head_dim = dim_or_default(v_head_dim);
-             c.kdim = dim_or_default(kdim);
-             c.vdim = dim_or_default(vdim);
-             c.out_dim = dim_or_default(out_dim);
+             c.embed_dim = int_in(embed_dim, "embed_dim", 1, INT64_MAX, "an int in [1, 2^63 - 1]");
+             c.num_heads = int_in(num_heads, "num_heads", 1, INT64_MAX, "an int in [1, 2^63 - 1]");
+             c.num_kv_heads = dim_or_default(num_kv_heads, "num_kv_heads");
+             c.head_dim = dim_or_default(head_dim, "head_dim");
+             c.v_head_dim = dim_or_default(v_head_dim, "v_head_dim");
+             c.kdim = dim_or_default(kdim, "kdim");
+             c.vdim = dim_or_default(vdim, "vdim");
+             c.out_dim = dim_or_default(out_dim, "out_dim");
              c.bias = bias;
              c.add_bias_kv = add_bias_kv;
              c.add_zero_attn = add_zero_attn;
              c.dropout = float(dropout);
-             c.seed = seed;
+             c.seed = seed_arg(seed);
              c.dtype = parse_weight_dtype(dtype);
-             c.rotary_dim = rotary_dim;
+             c.rotary_dim = int_in(rotary_dim, "rotary_dim", 0, INT64_MAX, "an int in [0, 2^63 - 1] (0 = off)");
              c.rotary_base = rotary_base;
              c.rotary_interleaved = rotary_interleaved;
              return new PyMultiHeadAttention(c);

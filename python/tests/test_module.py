@@ -502,3 +502,29 @@ def test_complex_weights_were_silently_accepted(rng):
         m.load_state_dict(weights)
     assert info.value.kind == "InvalidArgument" and info.value.dim == "dtype", str(info.value)
     assert all(np.array_equal(m.state_dict()[n], v) for n, v in before.items())  # nothing changed
+
+
+def test_huge_embed_dim_reported_an_overflowed_negative_size():
+    # MultiHeadAttention(2**62, 1) said "dim 0: expected >= 0, got -4611686018427387904"
+    # (3·E overflowed); the error now names the settings as given.
+    for args, kwargs in [((2**62, 1), {}), ((2**31, 1), {}), ((64, 4), {"kdim": 2**62}),
+                         ((2**40, 2**20), {"head_dim": 1})]:  # the last raised a bare MemoryError
+        with pytest.raises(multihead.Error) as info:
+            multihead.MultiHeadAttention(*args, **kwargs)
+        assert (info.value.kind, info.value.tensor, info.value.dim) == ("CapacityExceeded", "config", "parameters")
+        assert "embed_dim=%d" % args[0] in str(info.value) and "-" not in info.value.got, str(info.value)
+
+
+def test_out_of_range_ints_raised_binding_type_errors():
+    # seed=-1 and embed_dim=2**64 raised pybind11's TypeError listing overloads.
+    for kwargs, setting, got in [({"seed": -1}, "seed", "-1"), ({"seed": 2**64}, "seed", str(2**64)),
+                                 ({"seed": 1.5}, "seed", "1.5"), ({"num_kv_heads": 2**64}, "num_kv_heads", str(2**64)),
+                                 ({"head_dim": 0}, "head_dim", "0"), ({"rotary_dim": -2}, "rotary_dim", "-2")]:
+        with pytest.raises(multihead.Error) as info:
+            multihead.MultiHeadAttention(16, 4, **kwargs)
+        assert (info.value.kind, info.value.tensor, info.value.dim, info.value.got) == \
+            ("InvalidArgument", "config", setting, got), str(info.value)
+    with pytest.raises(multihead.Error) as info:
+        multihead.MultiHeadAttention(2**64, 1)
+    assert (info.value.dim, info.value.got) == ("embed_dim", str(2**64))
+    assert multihead.MultiHeadAttention(16, 4, seed=2**64 - 1).state_dict()  # the largest seed works

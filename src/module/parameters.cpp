@@ -5,6 +5,7 @@
 // state_dict.cpp.
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <utility>
@@ -33,6 +34,40 @@ class Rng {
  private:
   std::mt19937_64 gen_;
 };
+
+// The settings a parameter size comes from, as the caller gave them (resolved).
+std::string dims_text(const MultiHeadAttentionConfig& c) {
+  return "embed_dim=" + std::to_string(c.embed_dim) + ", num_heads=" + std::to_string(c.num_heads) +
+         ", num_kv_heads=" + std::to_string(c.num_kv_heads) + ", head_dim=" + std::to_string(c.head_dim) +
+         ", v_head_dim=" + std::to_string(c.v_head_dim) + ", kdim=" + std::to_string(c.kdim) +
+         ", vdim=" + std::to_string(c.vdim) + ", out_dim=" + std::to_string(c.out_dim);
+}
+
+// Every parameter's element count, and their sum in bytes (values plus f32 gradients),
+// must be computable: the module multiplies these settings (3·E·E, H·head_dim·E, ...), and
+// an overflow would reach the caller as a negative size it never passed.
+void check_parameter_sizes(const MultiHeadAttentionConfig& c) {
+  int64_t total = 0;
+  bool overflow = false;
+  const auto mul = [&](int64_t a, int64_t b) {
+    int64_t r = 0;
+    overflow |= __builtin_mul_overflow(a, b, &r);
+    return r;
+  };
+  const auto add = [&](int64_t a) { overflow |= __builtin_add_overflow(total, a, &total); };
+  const int64_t nq = mul(c.num_heads, c.head_dim), nk = mul(c.num_kv_heads, c.head_dim),
+                nv = mul(c.num_kv_heads, c.v_head_dim), hdv = mul(c.num_heads, c.v_head_dim);
+  add(mul(nq, c.embed_dim));
+  add(mul(nk, c.kdim));
+  add(mul(nv, c.vdim));
+  add(mul(3, c.embed_dim));  // single in_proj (3E, E) rows, or the biases' sum nq + nk + nv below
+  add(nq), add(nk), add(nv);
+  add(mul(c.out_dim, hdv));
+  add(c.out_dim);
+  const int64_t bytes = mul(total, int64_t(dtype_size(c.dtype)) + int64_t(sizeof(float)));
+  if (overflow || bytes > (int64_t(1) << 62))
+    fail(ErrorKind::kCapacityExceeded, "config", "parameters", "sizes whose bytes fit in 2^62", dims_text(c));
+}
 
 }  // namespace
 
@@ -78,6 +113,7 @@ MultiHeadAttentionConfig MultiHeadAttentionConfig::resolved() const {
          std::to_string(c.rotary_dim));
   if (!(std::isfinite(c.rotary_base) && c.rotary_base > 0.0))
     fail(ErrorKind::kInvalidArgument, "config", "rotary_base", "finite and > 0", std::to_string(c.rotary_base));
+  check_parameter_sizes(c);
   return c;
 }
 
@@ -144,8 +180,16 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config)
   const Dims& d = s.dims;
   const DType dt = config_.dtype;
   auto make = [&](Param p, std::initializer_list<int64_t> shape) {
-    s.value[p] = Tensor::empty(dt, shape);
-    s.grad[p] = Tensor::zeros(DType::kF32, shape);
+    try {
+      s.value[p] = Tensor::empty(dt, shape);
+      s.grad[p] = Tensor::zeros(DType::kF32, shape);
+    } catch (const std::bad_alloc&) {  // sizes that fit (resolved) but not in memory
+      int64_t numel = 1;
+      for (int64_t n : shape) numel *= n;
+      fail(ErrorKind::kCapacityExceeded, "config", kTorchNames[size_t(p)],
+           "an allocation of " + std::to_string(numel) + " elements (and as many f32 gradients)",
+           "out of memory (" + dims_text(config_) + ")");
+    }
   };
   if (s.single_in_proj) {
     make(kInW, {3 * d.E, d.E});
