@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
-// Registers the `bench` subcommand; it runs from its own callback during parsing and
-// reports its exit status through CLI::RuntimeError (1: a check failed, 2: an error).
-void add_bench_command(CLI::App& app);
+#include "cli/arguments.hpp"
+
+// Registers the `bench` subcommand. Its run returns 1 when a result check failed and
+// throws on an error (cli::parse_and_run turns that into 1 as well).
+multihead::cli::Command add_bench_command(CLI::App& app);

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
-// Registers the `demo` subcommand; it runs from its own callback during parsing and
-// reports a failure through CLI::RuntimeError (2: an error).
-void add_demo_command(CLI::App& app);
+#include "cli/arguments.hpp"
+
+// Registers the `demo` subcommand. Its run returns 0 and throws on an error (exit status 1).
+multihead::cli::Command add_demo_command(CLI::App& app);
