@@ -249,7 +249,8 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
       if (with_dq) {
         const int64_t nk_q = std::min(nk, key_range(p, s, i0 + n - 1).hi - j0);
         const float* k = w.k;
-        if (p.keys_maskable || unattended_keys_nonfinite(w.dp_t, nk_q, t, w.k, t.d_vec, p.D)) {  // as dq_item: 0 · garbage K
+        if (p.keys_maskable || (!tile_is_plain(p, s, i0, n, j0, nk_q) &&
+                                unattended_keys_nonfinite(w.dp_t, nk_q, t, w.k, t.d_vec, p.D))) {  // as dq_item: 0 · garbage K
           std::copy_n(w.k, kTileK * t.d_vec, w.k_dq);
           zero_unattended_rows(w.dp_t, nk_q, t, w.k_dq, t.d_vec);
           k = w.k_dq;
@@ -300,9 +301,11 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
       KeyTile kv = key_tile(p, span, t, hkv, j0, nk, w);
       probs_and_dscores(p, span, t, hkv, i0, n, j0, nk, kv, qs, w);
       // 0 · garbage K: masked keys (packed), or keys no row attends whose K holds NaN or inf
-      // (window and causal edges; packed first when read in place)
+      // (window and causal edges: only tiles that are not plain have such keys; K packed
+      // first when read in place)
       bool zero_keys = p.keys_maskable;  // then K is packed (plan: dq_keys_in_place)
-      if (!zero_keys && unattended_keys_nonfinite(w.dp_t, nk, t, kv.k, kv.k_stride, p.D)) {
+      if (!zero_keys && !tile_is_plain(p, span, i0, n, j0, nk) &&
+          unattended_keys_nonfinite(w.dp_t, nk, t, kv.k, kv.k_stride, p.D)) {
         if (kv.k != w.k) pack_rows(p.k, span, hkv, j0, nk, p.D, t.d_vec, w.k);
         kv.k = w.k, kv.k_stride = t.d_vec, zero_keys = true;
       }
