@@ -64,7 +64,8 @@ Inspection inspect_safetensors(const std::string& path, const std::string& prefi
 }
 
 std::string format_inspection(const Inspection& r) {
-  std::string out = r.path + ": " + std::to_string(r.total_tensors) + " tensor" + (r.total_tensors == 1 ? "" : "s");
+  std::string out =
+      printable(r.path) + ": " + std::to_string(r.total_tensors) + " tensor" + (r.total_tensors == 1 ? "" : "s");
   if (!r.prefix.empty()) out += ", " + std::to_string(r.tensors.size()) + " under prefix '" + printable(r.prefix) + "'";
   out += "\n";
   for (const auto& [key, value] : r.metadata)

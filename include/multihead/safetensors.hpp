@@ -52,8 +52,9 @@ SafetensorsHeader read_safetensors_header(const std::string& path);
 // The safetensors dtype string ("F32", "BF16", "F16") of a dtype this format stores.
 const char* safetensors_dtype_name(DType dtype);
 
-// Text from a file (a name, a metadata value), safe to print: control bytes escaped as
-// \xNN, cut after max bytes (at a UTF-8 boundary) with the full length noted.
+// Text from a file (a name, a metadata value), safe to print: control characters (C0, DEL,
+// C1) and bytes that are not valid UTF-8 escaped as \xNN, cut after max bytes (at a UTF-8
+// boundary) with the full length noted.
 std::string printable(const std::string& s, size_t max = 4096);
 
 }  // namespace multihead

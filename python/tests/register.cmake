@@ -17,7 +17,7 @@ if(MULTIHEAD_SANITIZE)
 endif()
 # --capture=sys: what the library or a sanitizer writes to fd 2 reaches the log even
 # when the process dies.
-foreach(_suite attention vs_torch module module_vs_torch kv_cache rotary attention_cached)
+foreach(_suite attention vs_torch module module_vs_torch kv_cache rotary attention_cached safetensors_files)
   add_test(NAME python.${_suite}
            COMMAND ${Python_EXECUTABLE} -m pytest -q -p no:cacheprovider --capture=sys
                    ${CMAKE_CURRENT_LIST_DIR}/test_${_suite}.py

@@ -7,9 +7,13 @@
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <string_view>
+#include <utility>
 
 #include "io/safetensors_format.hpp"
+#include "io/text.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead {
@@ -17,11 +21,11 @@ namespace safetensors_format {
 
 [[noreturn]] void format_error(const std::string& label, const std::string& subject, const std::string& field,
                                const std::string& expected, const std::string& got) {
-  throw Error(ErrorKind::kFormatError, label + ": " + subject, field, expected, got);
+  throw Error(ErrorKind::kFormatError, printable(label) + ": " + subject, field, expected, got);
 }
 
 [[noreturn]] void io_error(const std::string& path, const std::string& what, const std::string& expected, int errnum) {
-  throw Error(ErrorKind::kIoError, path, what, expected, std::strerror(errnum));
+  throw Error(ErrorKind::kIoError, printable(path), what, expected, std::strerror(errnum));
 }
 
 uint64_t load_le64(const uint8_t* p) {
@@ -72,7 +76,8 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 // root -> entry -> shape/data_offsets, so memory grows only with the entries themselves.
 class HeaderHandler final : public nlohmann::json_sax<Json> {
  public:
-  HeaderHandler(const std::string& label, uint64_t data_size) : label_(label), data_size_(data_size) {}
+  HeaderHandler(const std::string& label, std::string_view json, uint64_t data_size)
+      : label_(label), json_(json), data_size_(data_size) {}
 
   SafetensorsHeader take() { return std::move(header_); }
 
@@ -89,6 +94,7 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   }
   bool number_float(number_float_t, const string_t& literal) override { return value(Kind::kOther, literal); }
   bool string(string_t& s) override {
+    check_utf8(s);
     string_ = std::move(s);
     return value(Kind::kString, "the string " + quote(string_));
   }
@@ -97,6 +103,8 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   bool start_array(std::size_t) override { return value(Kind::kArray, "an array"); }
 
   bool key(string_t& k) override {
+    check_utf8(k);
+    after_key_ = true;
     if (state_ == State::kRoot) {
       if (!names_.insert(k).second) {
         if (k == "__metadata__") format_error(label_, "__metadata__", "key", "at most one __metadata__", "a duplicate");
@@ -125,6 +133,7 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   }
 
   bool end_object() override {
+    after_key_ = false;
     switch (state_) {
       case State::kRoot:
         state_ = State::kEnd;
@@ -141,6 +150,7 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   }
 
   bool end_array() override {
+    after_key_ = false;
     if (state_ == State::kOffsets && entry_.offsets_seen != 2)
       format_error(label_, tensor_subject(name_), "data_offsets", "exactly 2 integers [begin, end]",
                    std::to_string(entry_.offsets_seen) + " entries");
@@ -148,7 +158,15 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
     return true;
   }
 
-  bool parse_error(std::size_t, const std::string&, const Json::exception& e) override {
+  bool parse_error(std::size_t position, const std::string& last_token, const Json::exception& e) override {
+    // nlohmann's lexer stops at ill-formed UTF-8 (the first such byte, if it has read
+    // it): say so in our words, naming the field; its message would quote the raw bytes.
+    if (const std::optional<size_t> at = first_invalid_utf8(json_); at && *at < position) {
+      const auto [subject, field] = context();
+      format_error(label_, subject, field, "valid UTF-8",
+                   "ill-formed UTF-8 " + invalid_utf8_bytes(json_, *at) + " at header byte " + std::to_string(*at) +
+                       ", reading " + printable(last_token, 80));
+    }
     std::string what = e.what();  // "[json.exception.parse_error.101] parse error at line 1, column 6: ..."
     what.erase(0, what.find("] ") == std::string::npos ? 0 : what.find("] ") + 2);
     format_error(label_, "header", "JSON", "strict JSON (RFC 8259, UTF-8)", printable(what, 240));
@@ -159,8 +177,44 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   enum class Field : unsigned { kDtype, kShape, kOffsets };
   enum class Kind { kUnsigned, kString, kObject, kArray, kOther };
 
+  // What the parser is reading now, as (subject, field) for a message.
+  std::pair<std::string, std::string> context() const {
+    const std::string tensor = tensor_subject(name_);
+    switch (state_) {
+      case State::kRoot:
+        if (!after_key_) return {"header", "tensor name"};
+        if (name_ == "__metadata__") return {name_, "value"};
+        return {tensor, "entry"};
+      case State::kMetadata:
+        if (!after_key_) return {"__metadata__", "key"};
+        return {"__metadata__ " + quote(metadata_key_), "value"};
+      case State::kEntry:
+        if (!after_key_) return {tensor, "field name"};
+        return {tensor, field_ == Field::kDtype ? "dtype" : field_ == Field::kShape ? "shape" : "data_offsets"};
+      case State::kShape:
+        return {tensor, "shape"};
+      case State::kOffsets:
+        return {tensor, "data_offsets"};
+      default:  // kStart, kEnd
+        return {"header", "JSON"};
+    }
+  }
+
+  // Every string the header yields is UTF-8 (names and metadata reach Python as str).
+  // nlohmann's lexer checks this as well (parse_error above); this check does not
+  // depend on its version.
+  void check_utf8(const std::string& s) const {
+    if (const std::optional<size_t> at = first_invalid_utf8(s)) {
+      const auto [subject, field] = context();
+      format_error(label_, subject, field, "valid UTF-8",
+                   "ill-formed UTF-8 " + invalid_utf8_bytes(s, *at) + " at byte " + std::to_string(*at) + " of '" +
+                       printable(s, 80) + "'");
+    }
+  }
+
   // One JSON value (a scalar, or the opening of a container) in the current state.
   bool value(Kind kind, const std::string& got) {
+    after_key_ = false;
     switch (state_) {
       case State::kStart:
         if (kind != Kind::kObject) format_error(label_, "header", "JSON", "an object at the top level", got);
@@ -272,6 +326,7 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   };
 
   const std::string& label_;
+  const std::string_view json_;  // the header text, for messages
   const uint64_t data_size_;
   State state_ = State::kStart;
   SafetensorsHeader header_;
@@ -279,7 +334,8 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
   std::string name_, metadata_key_, string_;
   uint64_t number_ = 0;
   Field field_ = Field::kDtype;
-  unsigned seen_ = 0;  // fields of the current entry, one bit each
+  unsigned seen_ = 0;       // fields of the current entry, one bit each
+  bool after_key_ = false;  // in an object, between a key and its value
   Entry entry_;
 };
 
@@ -319,8 +375,8 @@ SafetensorsHeader parse_header(const std::string& label, const uint8_t* json, ui
   if (const void* nul = size > 0 ? std::memchr(json, 0, size) : nullptr)
     format_error(label, "header", "JSON", "no NUL bytes",
                  "one at byte " + std::to_string(static_cast<const uint8_t*>(nul) - json));
-  HeaderHandler handler(label, data_size);
   const auto* text = reinterpret_cast<const char*>(json);
+  HeaderHandler handler(label, std::string_view(text, size), data_size);
   Json::sax_parse(text, text + size, &handler, nlohmann::json::input_format_t::json, /*strict=*/true);
   SafetensorsHeader header = handler.take();
   check_tiling(label, header.infos, data_size);
@@ -328,27 +384,6 @@ SafetensorsHeader parse_header(const std::string& label, const uint8_t* json, ui
 }
 
 }  // namespace safetensors_format
-
-std::string printable(const std::string& s, size_t max) {
-  size_t n = s.size();
-  if (n > max) {
-    n = max;
-    while (n > 0 && (uint8_t(s[n]) & 0xc0) == 0x80) --n;  // do not split a UTF-8 sequence
-  }
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    const auto c = uint8_t(s[i]);
-    if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += char(c);
-    }
-  }
-  if (n < s.size()) out += "... (" + std::to_string(s.size()) + " bytes)";
-  return out;
-}
 
 const char* safetensors_dtype_name(DType dtype) {
   switch (dtype) {

@@ -2,7 +2,6 @@
 // the header is checked whole (safetensors_header.cpp) before anything is allocated, and
 // tensor bytes are copied into owning, aligned Tensors, never used in place.
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "io/regular_file.hpp"
 #include "io/safetensors_format.hpp"
 #include "multihead/error.hpp"
 
@@ -27,20 +27,11 @@ Tensor allocate(const TensorInfo& info) {
   return Tensor::empty(info.dtype, int(info.shape.size()), shape);
 }
 
-// A read-only regular file whose descriptor closes itself.
+// A read-only regular file whose descriptor closes itself. Opened without blocking, so
+// a FIFO (or a terminal) is refused by its type instead of waiting for a writer.
 class File {
  public:
-  explicit File(const std::string& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-    if (fd_ < 0) io_error(path, "open", "a readable file", errno);
-    struct stat st {};
-    const int errnum = ::fstat(fd_, &st) != 0 ? errno : 0;
-    if (errnum != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd_);
-      if (errnum != 0) io_error(path, "stat", "a readable file", errnum);
-      throw Error(ErrorKind::kIoError, path, "type", "a regular file", "something else");
-    }
-    size_ = uint64_t(st.st_size);
-  }
+  explicit File(const std::string& path) : path_(path) { fd_ = open_regular_file(path, O_RDONLY, 0, path, size_); }
   ~File() { ::close(fd_); }
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -54,7 +45,7 @@ class File {
       if (got < 0 && errno == EINTR) continue;
       if (got < 0) io_error(path_, "read", "readable bytes", errno);
       if (got == 0)
-        throw Error(ErrorKind::kIoError, path_, "read", std::to_string(n) + " more bytes",
+        throw Error(ErrorKind::kIoError, printable(path_), "read", std::to_string(n) + " more bytes",
                     "the end of the file (it shrank while being read)");
       p += got;
       n -= uint64_t(got);
@@ -63,8 +54,8 @@ class File {
 
  private:
   std::string path_;
-  int fd_;
   uint64_t size_ = 0;
+  int fd_ = -1;
 };
 
 // Reads the length prefix and the header; the data section is what remains of the file.

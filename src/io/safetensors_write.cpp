@@ -10,7 +10,9 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "io/regular_file.hpp"
 #include "io/safetensors_format.hpp"
+#include "io/text.hpp"
 #include "multihead/error.hpp"
 
 namespace multihead {
@@ -22,12 +24,15 @@ using namespace safetensors_format;
 namespace {
 
 // A file written next to its target and renamed over it on commit(): a failed save
-// leaves the previous file alone and no partial one behind.
+// leaves the previous file alone and no partial one behind. Only a regular file (or a
+// new path) is replaced, and neither open can block on a FIFO.
 class Output {
  public:
-  explicit Output(const std::string& path)
-      : path_(path), tmp_(path + ".tmp"), fd_(::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666)) {
-    if (fd_ < 0) io_error(path_, "open", "a writable file", errno);
+  explicit Output(const std::string& path) : path_(path), tmp_(path + ".tmp") {
+    require_regular_or_absent(path_);
+    require_regular_or_absent(tmp_);  // a clear message for a stale FIFO; the open checks again
+    uint64_t size = 0;
+    fd_ = open_regular_file(tmp_, O_WRONLY | O_CREAT | O_TRUNC, 0666, tmp_, size);
   }
   ~Output() {
     if (fd_ >= 0) ::close(fd_);
@@ -57,7 +62,7 @@ class Output {
 
  private:
   std::string path_, tmp_;
-  int fd_;
+  int fd_ = -1;
   bool committed_ = false;
 };
 
@@ -69,17 +74,30 @@ struct Planned {
 
 [[noreturn]] void invalid(const std::string& name, const std::string& field, const std::string& expected,
                           const std::string& got) {
-  throw Error(ErrorKind::kInvalidArgument, name, field, expected, got);
+  throw Error(ErrorKind::kInvalidArgument, printable(name, 80), field, expected, got);
+}
+
+// JSON text is UTF-8: a name or metadata string that is not would make a header no
+// reader accepts.
+void require_utf8(const std::string& subject, const std::string& field, const std::string& s) {
+  if (const std::optional<size_t> at = first_invalid_utf8(s))
+    invalid(subject, field, "valid UTF-8",
+            "ill-formed UTF-8 " + invalid_utf8_bytes(s, *at) + " at byte " + std::to_string(*at));
 }
 
 // The padded header and the tensors in name order (std::map's), after checking each.
 std::string plan_file(const std::map<std::string, TensorView>& tensors,
                       const std::map<std::string, std::string>& metadata, std::vector<Planned>& plan) {
+  for (const auto& [key, value] : metadata) {
+    require_utf8("__metadata__", "key", key);
+    require_utf8("__metadata__ '" + key + "'", "value", value);
+  }
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, view] : tensors) {
     if (name == "__metadata__") invalid(name, "name", "a tensor name", "the reserved key __metadata__");
+    require_utf8(name, "name", name);
     if (!is_floating(view.dtype)) invalid(name, "dtype", "float32, bfloat16 or float16", to_string(view.dtype));
     if (view.rank < 0 || view.rank > kMaxRank) invalid(name, "rank", "0..4", std::to_string(view.rank));
     std::vector<int64_t> shape;
@@ -89,7 +107,7 @@ std::string plan_file(const std::map<std::string, TensorView>& tensors,
       shape.push_back(view.shape[d]);
     }
     const std::optional<uint64_t> checked = checked_bytes(view.dtype, shape);  // the reader's rule
-    if (!checked) throw Error(ErrorKind::kCapacityExceeded, name, "bytes", "< 2^63", "overflow");
+    if (!checked) throw Error(ErrorKind::kCapacityExceeded, printable(name, 80), "bytes", "< 2^63", "overflow");
     const uint64_t bytes = *checked;
     if (bytes > 0 && view.data == nullptr) invalid(name, "data", "non-null", "null");
     header[name] = {
@@ -97,12 +115,7 @@ std::string plan_file(const std::map<std::string, TensorView>& tensors,
     plan.push_back(Planned{&name, &view, bytes});
     offset += bytes;
   }
-  std::string json;
-  try {
-    json = header.dump();
-  } catch (const nlohmann::json::exception&) {
-    invalid("safetensors header", "names and metadata", "valid UTF-8", "invalid bytes");
-  }
+  std::string json = header.dump();             // cannot throw: every string is UTF-8
   json.append((8 - json.size() % 8) % 8, ' ');  // data section 8-byte aligned
   if (json.size() > kMaxHeaderBytes)
     throw Error(ErrorKind::kCapacityExceeded, "safetensors header", "length",

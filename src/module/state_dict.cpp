@@ -10,6 +10,7 @@
 
 #include "module/module_state.hpp"
 #include "multihead/multi_head_attention.hpp"
+#include "multihead/safetensors.hpp"
 
 namespace multihead {
 
@@ -123,7 +124,7 @@ void MultiHeadAttention::load_state_dict(const std::map<std::string, TensorView>
       diffs.push_back(prefix + name + " has no data");
   }
   for (const auto& entry : given)
-    if (!expected.count(entry.first)) diffs.push_back("unexpected " + prefix + entry.first);
+    if (!expected.count(entry.first)) diffs.push_back("unexpected " + printable(prefix + entry.first));  // names from a file
   if (!diffs.empty())
     fail(ErrorKind::kModelMismatch, prefix.empty() ? "state_dict" : "state_dict (prefix \"" + prefix + "\")", "",
          "the tensors of a module with " + describe(config_),
@@ -223,7 +224,7 @@ MultiHeadAttentionConfig MultiHeadAttention::infer_config(const std::map<std::st
 
   for (const auto& entry : given)
     if (!used.count(entry.first) && !(in_proj && (entry.first == wq || entry.first == wk || entry.first == wv)))
-      diffs.push_back("unexpected " + prefix + entry.first);
+      diffs.push_back("unexpected " + printable(prefix + entry.first));  // names from a file
 
   // Heads: d = Nq / H, Hkv = Nk / d, dv = Nv / Hkv. Without num_heads, the fewest heads
   // the widths allow: Hkv = 1 and H = Nq / Nk (1 for MHA-shaped weights).

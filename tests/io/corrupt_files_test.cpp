@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "io/text.hpp"
 #include "multihead/multihead.hpp"
 
 namespace multihead {
@@ -95,6 +96,12 @@ void write_file(const std::string& path, const Bytes& bytes) {
   return ::testing::AssertionSuccess() << message;
 }
 
+// No control byte and no ill-formed UTF-8: what a Python str and a terminal take as text.
+bool is_clean_text(const std::string& s) {
+  if (safetensors_format::first_invalid_utf8(s)) return false;
+  return std::none_of(s.begin(), s.end(), [](char c) { return uint8_t(c) < 0x20 || uint8_t(c) == 0x7f; });
+}
+
 const std::string kData8(8, '\0');
 const std::string kValidHeader = "{" + entry("w", "[2]", "[0,8]") + "}";
 
@@ -139,9 +146,84 @@ TEST(CorruptFile, TrailingContentAfterTheJson) {
   EXPECT_TRUE(rejects(file_bytes(std::string("{}\0{\"w\":1}", 10), ""), {"header JSON", "NUL", "byte 2"}));
 }
 
-TEST(CorruptFile, HeaderNotUtf8) {
-  EXPECT_TRUE(rejects(file_bytes("{\"w\xff\":{}}", ""), {"header JSON"}));
-  EXPECT_TRUE(rejects(file_bytes("{\"__metadata__\":{\"k\":\"\xc3\"}}", ""), {"header JSON"}));
+// ---- UTF-8: names and metadata become Python str, so ill-formed text is a FormatError
+// naming the field, never a UnicodeDecodeError ----
+
+TEST(CorruptFile, InvalidUtf8InATensorName) {
+  EXPECT_TRUE(
+      rejects(file_bytes("{" + entry("w\xff", "[2]", "[0,8]") + "}", kData8),
+              {"header tensor name", "valid UTF-8", "ill-formed UTF-8 \\xff at header byte 3, reading \"w\\xff"}));
+  // After a valid tensor: the entry before it does not confuse the field.
+  EXPECT_TRUE(rejects(file_bytes("{" + entry("a", "[2]", "[0,8]") + "," + entry("b\xc3", "[0]", "[8,8]") + "}", kData8),
+                      {"header tensor name", "valid UTF-8", "\\xc3"}));
+}
+
+TEST(CorruptFile, InvalidUtf8InADtype) {
+  EXPECT_TRUE(rejects(file_bytes("{" + entry("w", "[2]", "[0,8]", "\"F3\xed\xa0\x80\"") + "}", kData8),
+                      {"tensor 'w' dtype", "valid UTF-8", "\\xed\\xa0\\x80"}));
+}
+
+TEST(CorruptFile, InvalidUtf8InAFieldName) {
+  EXPECT_TRUE(rejects(file_bytes(R"({"w":{"dty)"
+                                 "\xc0\x80"
+                                 R"(":"F32"}})",
+                                 kData8),
+                      {"tensor 'w' field name", "valid UTF-8", "\\xc0\\x80"}));
+}
+
+TEST(CorruptFile, InvalidUtf8InAMetadataKey) {
+  EXPECT_TRUE(rejects(file_bytes("{\"__metadata__\":{\"k\xf4\x90\x80\x80\":\"v\"}}"),
+                      {"__metadata__ key", "valid UTF-8", "\\xf4\\x90\\x80\\x80"}));
+}
+
+TEST(CorruptFile, InvalidUtf8InAMetadataValue) {
+  EXPECT_TRUE(
+      rejects(file_bytes("{\"__metadata__\":{\"k\":\"\xc3\"}}"), {"__metadata__ 'k' value", "valid UTF-8", "\\xc3"}));
+  EXPECT_TRUE(rejects(file_bytes("{\"__metadata__\":{\"a\":\"1\",\"k\":\"v\xe2\x82\"}}"),
+                      {"__metadata__ 'k' value", "valid UTF-8", "\\xe2\\x82"}));
+}
+
+// Every ill-formed form of table 3-7 in a name: overlong, surrogate, above U+10FFFF,
+// truncated, stray continuation, bytes no UTF-8 has.
+TEST(CorruptFile, EveryIllFormedUtf8FormIsAFormatError) {
+  for (const std::string bad :
+       {"\xc0\xaf", "\xe0\x80\xaf", "\xf0\x80\x80\xaf", "\xed\xa0\x80", "\xed\xbf\xbf", "\xf4\x90\x80\x80",
+        "\xf5\x80\x80\x80", "\xe2\x82", "\xf0\x9f\x98", "\x80", "\xfe", "\xff"}) {
+    const Bytes bytes = file_bytes("{" + entry("w" + bad, "[2]", "[0,8]") + "}", kData8);
+    EXPECT_TRUE(rejects(bytes, {"header tensor name", "valid UTF-8", "at header byte 3"})) << printable(bad);
+  }
+}
+
+// \u escapes that are not a code point: lone surrogates (nlohmann's lexer refuses them).
+TEST(CorruptFile, LoneSurrogateEscapes) {
+  EXPECT_TRUE(rejects(file_bytes("{" + entry("w\\ud800", "[2]", "[0,8]") + "}", kData8), {"header JSON", "surrogate"}));
+  EXPECT_TRUE(rejects(file_bytes("{\"__metadata__\":{\"k\":\"\\udc00\"}}"), {"header JSON", "surrogate"}));
+}
+
+// Well-formed UTF-8 where JSON allows no such byte is a JSON error, not an encoding one.
+TEST(CorruptFile, Utf8OutsideAStringIsAJsonError) {
+  std::string message;
+  ASSERT_TRUE(format_error_of(file_bytes("{\"w\":\xc3\xa9}"), "f", message));
+  EXPECT_NE(message.find("f: header JSON: expected strict JSON"), std::string::npos) << message;
+  EXPECT_EQ(message.find("ill-formed"), std::string::npos) << message;
+}
+
+// Whatever the file holds, a message is valid UTF-8 without control bytes: it can
+// become a Python str and be printed on a terminal.
+TEST(CorruptFile, MessagesAreCleanText) {
+  const std::vector<Bytes> files = {
+      file_bytes("{" + entry("w\xff\x1b", "[2]", "[0,8]") + "}", kData8),
+      file_bytes("{\"\xff\x01\":1}"),
+      file_bytes("{" + entry("w", "[2]", "[0,8]", "\"\\u001b[2J\"") + "}", kData8),
+      file_bytes("{\"__metadata__\":{\"\\u0007\":1}}"),
+      file_bytes("{\x7f\xff}"),
+      file_bytes("{\"w\":{\"dtype\":\"F32\",\"sh\\u001bpe\":[2]}}", kData8),
+  };
+  for (const Bytes& bytes : files) {
+    std::string message;
+    ASSERT_TRUE(format_error_of(bytes, "f", message));
+    EXPECT_TRUE(is_clean_text(message)) << printable(message);
+  }
 }
 
 TEST(CorruptFile, HeaderNotAnObject) {
@@ -302,6 +384,18 @@ TEST(CorruptFile, HoleAtTheStart) {
 TEST(CorruptFile, TrailingBytesAfterTheLastTensor) {
   EXPECT_TRUE(rejects(file_bytes(kValidHeader, kData8 + "xyz"), {"data section size", "3 trailing"}));
   EXPECT_TRUE(rejects(file_bytes("{}", "x"), {"data section size", "1 trailing"}));
+}
+
+TEST(CorruptFile, MessagesEscapeHostileDtypes) {
+  EXPECT_TRUE(rejects(file_bytes("{" + entry("w", "[2]", "[0,8]", "\"F\\u001b[2J\"") + "}", kData8),
+                      {"tensor 'w' dtype", "'F\\x1b[2J'"}));
+}
+
+TEST(CorruptFile, MessagesEscapeTheLabel) {
+  std::string message;
+  ASSERT_TRUE(format_error_of(file_bytes("[]"), "dir/\x1b]0;x\x07\xff.safetensors", message));
+  EXPECT_NE(message.find("dir/\\x1b]0;x\\x07\\xff.safetensors: header"), std::string::npos) << printable(message);
+  EXPECT_TRUE(is_clean_text(message)) << printable(message);
 }
 
 TEST(CorruptFile, MessagesEscapeHostileNames) {
