@@ -29,6 +29,8 @@ struct BackwardScratch {
   float* dS;       // tile_q x tile_k: dP, then dS, then dS'
   float* acc_a;    // max(tile_q, tile_k) x max(D, Dv): dQ or dK
   float* acc_b;    // tile_k x Dv: dV
+  float* dk_block; // tile_k x D: one query block's share of dK (blocked sums)
+  float* dv_block; // tile_k x Dv: one query block's share of dV
   float* dropout;  // tile_q x tile_k: dropout factors Z
   float* row_stat; // tile_q x 2: lse_i, D_i
   float* row;      // max(D, Dv)
@@ -49,7 +51,9 @@ BackwardScratch carve(const AttentionParams& p, float* base) {
   s.dS = s.raw + tq * tk;
   s.acc_a = s.dS + tq * tk;
   s.acc_b = s.acc_a + tmax * max_dim(p);
-  s.dropout = s.acc_b + tk * p.Dv;
+  s.dk_block = s.acc_b + tk * p.Dv;
+  s.dv_block = s.dk_block + tk * p.D;
+  s.dropout = s.dv_block + tk * p.Dv;
   s.row_stat = s.dropout + tq * tk;
   s.row = s.row_stat + 2 * tq;
   return s;
@@ -150,6 +154,10 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const float* 
       const int64_t n = std::min(p.tile_q, rows.hi - i0);
       load_query_side(p, g, dsum, s, h, i0, n, w);
       probs_and_dscores(p, s, h, i0, n, j0, nk, w, nullptr);
+      // Blocked sums (as the SIMD kernel): this block's share apart, then added, so a long
+      // query axis is (rows per block + blocks) roundings deep, not Lq.
+      std::fill_n(w.dk_block, nk * p.D, 0.0f);
+      std::fill_n(w.dv_block, nk * p.Dv, 0.0f);
       for (int64_t r = 0; r < n; ++r) {
         const float* prow = w.S + r * nk;
         const float* dsrow = w.dS + r * nk;
@@ -158,16 +166,18 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const float* 
         for (int64_t c = 0; c < nk; ++c) {
           // dV[c, :] += P[r, c] · dO[r, :]
           if (prow[c] != 0.0f) {
-            float* dvrow = dv + c * p.Dv;
+            float* dvrow = w.dv_block + c * p.Dv;
             for (int64_t d = 0; d < p.Dv; ++d) dvrow[d] += prow[c] * dorow[d];
           }
           // dK[c, :] += dS'[r, c] · Q[r, :]   (scale applied once at the end)
           if (dsrow[c] != 0.0f) {
-            float* dkrow = dk + c * p.D;
+            float* dkrow = w.dk_block + c * p.D;
             for (int64_t d = 0; d < p.D; ++d) dkrow[d] += dsrow[c] * qrow[d];
           }
         }
       }
+      for (int64_t e = 0; e < nk * p.D; ++e) dk[e] += w.dk_block[e];
+      for (int64_t e = 0; e < nk * p.Dv; ++e) dv[e] += w.dv_block[e];
     }
   }
   for (int64_t c = 0; c < n_out; ++c) {
@@ -260,7 +270,7 @@ void dbias_item(const AttentionParams& p, const BackwardParams& g, const float* 
 int64_t backward_portable_scratch_floats(const AttentionParams& p) {
   const int64_t tq = p.tile_q, tk = p.tile_k, tmax = std::max(tq, tk);
   return tq * p.D + tq * p.Dv + p.D * tk + tk * p.D + p.Dv * tk + 4 * tq * tk + tmax * max_dim(p) +
-         tk * p.Dv + 2 * tq + max_dim(p) + 16;
+         tk * p.Dv + tk * (p.D + p.Dv) + 2 * tq + max_dim(p) + 16;
 }
 
 void flash_backward_portable(const AttentionParams& p, const BackwardParams& g, float* scratch,

@@ -87,6 +87,8 @@ struct BackwardTiles {
   float* dp_t;   // kTileK x rows_pad   dPᵀ, then dSᵀ
   float* dk;     // kTileK x d_vec
   float* dv;     // kTileK x dv_vec
+  float* dk_block;  // kTileK x d_vec   one query block's share of dK (blocked sums)
+  float* dv_block;  // kTileK x dv_vec  one query block's share of dV
   float* dq;     // rows_pad x d_vec
   float* row;    // max(D, Dv, kTileK)
   uint32_t* k_pairs;  // kTileK x D/2  K rows as bf16 pairs (vdpbf16ps tiles)
@@ -102,6 +104,8 @@ BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver&
   w.dp_t = take(kTileK * t.rows_pad);
   w.dk = take(kTileK * t.d_vec);
   w.dv = take(kTileK * t.dv_vec);
+  w.dk_block = take(kTileK * t.d_vec);
+  w.dv_block = take(kTileK * t.dv_vec);
   w.dq = take(t.rows_pad * t.d_vec);
   w.row = take(std::max({p.D, p.Dv, kTileK}));
   w.k_pairs = reinterpret_cast<uint32_t*>(take(use_bf16_dot(p) && !p.decode ? kTileK * ((p.D + 1) / 2) : 0));
@@ -215,6 +219,12 @@ void probs_and_dscores(const AttentionParams& p, const SequenceSpan& s, const Ti
   if (softcap) softcap_backward_tile(p, t, w.raw_t, w.dp_t);
 }
 
+// sum[e] += part[e] for e in [0, n) (n a multiple of the vector length).
+inline void add_tile(const float* HWY_RESTRICT part, int64_t n, float* HWY_RESTRICT sum) {
+  const FloatTag d;
+  for (int64_t e = 0; e < n; e += row_vector()) hn::Store(hn::Add(hn::Load(d, sum + e), hn::Load(d, part + e)), d, sum + e);
+}
+
 // dK, dV of a key block over the query blocks that see it; with_dq also adds each query
 // block's dQ += dS K into its query side, over the keys that dq_item would use for the
 // block (up to its last row's reach), so the sums match dq_item's bit for bit.
@@ -243,9 +253,17 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
       const QuerySide qs = query_side(p, t, shared, p.group_item_first[size_t(item.seq)] + hkv * nblocks + blk);
       probs_and_dscores(p, s, t, hkv, i0, n, j0, nk, {w.k, t.d_vec, w.v, p.Dv}, qs, w);
       const int64_t rows_n = p.group * n;
-      // dV += Pᵀ dO ;  dK += dSᵀ Q   (scale applied once at the end)
-      outer_product(qs.dout, t.dv_vec, w.s_t, t.rows_pad, 1, rows_n, kTileK, t.dv_vec, w.dv, true);
-      outer_product(qs.q, t.d_vec, w.dp_t, t.rows_pad, 1, rows_n, kTileK, t.d_vec, w.dk, true);
+      // dV += Pᵀ dO ;  dK += dSᵀ Q   (scale applied once at the end), summed block by block:
+      // each query block's share apart, then added to the total, so a long query axis is
+      // (rows per block + blocks) roundings deep, not Lq (Lq = 4000: dV 3-7x PyTorch's f32
+      // error with one running sum).
+      const bool first = blk == first_block;
+      outer_product(qs.dout, t.dv_vec, w.s_t, t.rows_pad, 1, rows_n, kTileK, t.dv_vec, first ? w.dv : w.dv_block, false);
+      outer_product(qs.q, t.d_vec, w.dp_t, t.rows_pad, 1, rows_n, kTileK, t.d_vec, first ? w.dk : w.dk_block, false);
+      if (!first) {
+        add_tile(w.dv_block, kTileK * t.dv_vec, w.dv);
+        add_tile(w.dk_block, kTileK * t.d_vec, w.dk);
+      }
       if (with_dq) {
         const int64_t nk_q = std::min(nk, key_range(p, s, i0 + n - 1).hi - j0);
         const float* k = w.k;
