@@ -26,6 +26,7 @@ bool nan_or_positive_inf_bits(uint32_t b) { return (b & kMagnitude) > kExponent 
 template <bool (*Bad)(uint32_t)>
 bool any_element(const TensorView& t) {
   if (t.data == nullptr || t.numel() == 0) return false;
+  if (t.rank == 0) return Bad(f32_bits(t, 0));  // a scalar (a bias may be one): no last dim
   const int last = t.rank - 1;
   const int64_t n = t.shape[last], stride = t.strides[last];
   int64_t index[kMaxRank] = {};

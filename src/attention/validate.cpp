@@ -63,8 +63,9 @@ void check_layout(const Named& t) {
         __builtin_add_overflow(extent, span, &extent))
       fail(ErrorKind::kCapacityExceeded, t.name, "extent", "< 2^63 elements", "overflow");
   }
-  int64_t bytes;
-  if (__builtin_mul_overflow(extent + 1, int64_t(dtype_size(v.dtype)), &bytes))
+  int64_t elements, bytes;  // extent + 1 overflows too when the extent is 2^63 - 1 (fuzz)
+  if (__builtin_add_overflow(extent, int64_t(1), &elements) ||
+      __builtin_mul_overflow(elements, int64_t(dtype_size(v.dtype)), &bytes))
     fail(ErrorKind::kCapacityExceeded, t.name, "extent", "< 2^63 bytes", "overflow");
   if (v.data == nullptr && v.numel() > 0)
     fail(ErrorKind::kInvalidArgument, t.name, "data", "a non-null pointer", "null");

@@ -173,4 +173,45 @@ TEST(Regression, Bf16GradientsWrongAtLargeLogitsBecauseTheBackwardRescoredDiffer
 }
 
 }  // namespace
+// Found by fuzz/validator_fuzz: a view whose extent is exactly 2^63 - 1 elements (a dim of
+// size 2 with a stride of 2^63 - 1 - (Lk - 1)) made check_layout compute extent + 1 before
+// its overflow check (signed overflow; a 1-byte bool mask then passed). CapacityExceeded.
+TEST(Regression, ViewWhoseExtentIsInt64MaxOverflowedTheLayoutCheck) {
+  std::mt19937 rng(8);
+  const Tensor q = random_tensor({2, 3, 2, 8}, rng), k = random_tensor({2, 5, 2, 8}, rng), v = random_tensor({2, 5, 2, 8}, rng);
+  bool keep[5] = {true, true, true, true, true};
+  TensorView mask = TensorView::of(keep, {1, 1, 1, 5});
+  mask.shape[0] = 2;
+  mask.strides[0] = std::numeric_limits<int64_t>::max() - 4;  // extent (2-1)·stride + 4 = 2^63 - 1
+  AttentionOptions o;
+  o.mask = mask;
+  try {
+    attention_forward(q.view(), k.view(), v.view(), o);
+    ADD_FAILURE() << "accepted a mask whose extent does not fit";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kCapacityExceeded) << e.what();
+  }
+}
+
+// Found by fuzz/validator_fuzz: a rank-0 (scalar) bias, which broadcasts like any other,
+// made the backward's non-finite scan read shape[rank - 1] at index -1. A NaN scalar bias is
+// now seen (every gradient the rows see is NaN), a finite one changes nothing.
+TEST(Regression, ScalarBiasReadOutOfBoundsInTheBackwardsNonFiniteScan) {
+  std::mt19937 rng(9);
+  const Tensor q = random_tensor({1, 6, 2, 8}, rng), k = random_tensor({1, 7, 2, 8}, rng), v = random_tensor({1, 7, 2, 8}, rng),
+               dout = random_tensor({1, 6, 2, 8}, rng);
+  for (float value : {0.25f, std::numeric_limits<float>::quiet_NaN()}) {
+    float b = value;
+    AttentionOptions o;
+    o.bias = TensorView::of(&b, {});
+    const AttentionResult r = attention_forward(q.view(), k.view(), v.view(), o);
+    Tensor dq = Tensor::empty(DType::kF32, {1, 6, 2, 8}), dk = Tensor::empty(DType::kF32, {1, 7, 2, 8}),
+           dv = Tensor::empty(DType::kF32, {1, 7, 2, 8});
+    attention_backward(dout.view(), q.view(), k.view(), v.view(), r.out.view(), r.lse.view(),
+                       BackwardOutputs{dq.view(), dk.view(), dv.view(), std::nullopt, std::nullopt}, o);
+    for (int64_t e = 0; e < dq.numel(); ++e)
+      ASSERT_EQ(std::isnan(dq.data_as<float>()[e]), std::isnan(value)) << "bias " << value << ", dq element " << e;
+  }
+}
+
 }  // namespace multihead
