@@ -205,15 +205,19 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const float* dsu
       load_rows(p.k, span, hkv, j0, nk, p.D, w.k_rows);
       load_transposed(p.v, span, hkv, j0, nk, p.Dv, w.row, w.v_t);
       probs_and_dscores(p, span, h, i0, n, j0, nk, w, nullptr);
-      // dQ[r, :] += dS'[r, c] · K[c, :]   (scale applied once at the end)
+      // dQ[r, :] += Σ_c dS'[r, c] · K[c, :]   (scale applied once at the end), the key
+      // tile's share summed apart first (blocked sums, as the SIMD kernel)
       for (int64_t r = 0; r < n; ++r) {
-        float* dqrow = dq + r * p.D;
+        float* tile = w.row;  // free again after the loads above
+        std::fill_n(tile, p.D, 0.0f);
         const float* dsrow = w.dS + r * nk;
         for (int64_t c = 0; c < nk; ++c) {
           if (dsrow[c] == 0.0f) continue;
           const float* krow = w.k_rows + c * p.D;
-          for (int64_t d = 0; d < p.D; ++d) dqrow[d] += dsrow[c] * krow[d];
+          for (int64_t d = 0; d < p.D; ++d) tile[d] += dsrow[c] * krow[d];
         }
+        float* dqrow = dq + r * p.D;
+        for (int64_t d = 0; d < p.D; ++d) dqrow[d] += tile[d];
       }
     }
   };

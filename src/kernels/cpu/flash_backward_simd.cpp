@@ -90,6 +90,7 @@ struct BackwardTiles {
   float* dk_block;  // kTileK x d_vec   one query block's share of dK (blocked sums)
   float* dv_block;  // kTileK x dv_vec  one query block's share of dV
   float* dq;     // rows_pad x d_vec
+  float* dq_tile;  // rows_pad x d_vec  one key tile's share of dQ (blocked sums)
   float* row;    // max(D, Dv, kTileK)
   uint32_t* k_pairs;  // kTileK x D/2  K rows as bf16 pairs (vdpbf16ps tiles)
 };
@@ -107,6 +108,7 @@ BackwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver&
   w.dk_block = take(kTileK * t.d_vec);
   w.dv_block = take(kTileK * t.dv_vec);
   w.dq = take(t.rows_pad * t.d_vec);
+  w.dq_tile = take(t.rows_pad * t.d_vec);
   w.row = take(std::max({p.D, p.Dv, kTileK}));
   w.k_pairs = reinterpret_cast<uint32_t*>(take(use_bf16_dot(p) && !p.decode ? kTileK * ((p.D + 1) / 2) : 0));
   return w;
@@ -273,7 +275,9 @@ void dk_dv_item(const AttentionParams& p, const BackwardParams& g, const TileSha
           zero_unattended_rows(w.dp_t, nk_q, t, w.k_dq, t.d_vec);
           k = w.k_dq;
         }
-        outer_product(k, t.d_vec, w.dp_t, 1, t.rows_pad, nk_q, t.rows_pad, t.d_vec, qs.dq, true);
+        // dQ += dS K, the key tile's share apart first (as dq_item)
+        outer_product(k, t.d_vec, w.dp_t, 1, t.rows_pad, nk_q, t.rows_pad, t.d_vec, w.dq_tile, false);
+        add_tile(w.dq_tile, t.rows_pad * t.d_vec, qs.dq);
       }
     }
   }
@@ -328,8 +332,11 @@ void dq_item(const AttentionParams& p, const BackwardParams& g, const TileShape&
         kv.k = w.k, kv.k_stride = t.d_vec, zero_keys = true;
       }
       if (zero_keys) zero_unattended_rows(w.dp_t, nk, t, w.k, t.d_vec);
-      // dQ += dS K   (scale applied once at the end)
-      outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq, true);
+      // dQ += dS K   (scale applied once at the end), the key tile's share summed apart
+      // first: a long key axis is (keys per tile + tiles) roundings deep (Lk = 4000-8000: dQ
+      // was 3-8x PyTorch's f32 error with one running sum)
+      outer_product(kv.k, kv.k_stride, w.dp_t, 1, t.rows_pad, nk, t.rows_pad, t.d_vec, w.dq_tile, false);
+      add_tile(w.dq_tile, t.rows_pad * t.d_vec, w.dq);
     }
   };
   keys(s, first_tile(p, s, i0), key_range(p, s, i0 + n - 1).hi);

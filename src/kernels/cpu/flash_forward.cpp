@@ -20,7 +20,7 @@ struct ForwardScratch {
   float* acc;     // tile_q x Dv
   float* m;       // tile_q   running max
   float* l;       // tile_q   running sum of exp(s - m)
-  float* row;     // max(D, Dv, tile_k): conversion buffer, dropout factors
+  float* row;     // max(D, Dv, tile_k): conversion buffer, dropout factors, a tile's P·V row
 };
 
 ForwardScratch carve(const AttentionParams& p, float* base) {
@@ -62,20 +62,23 @@ void keys_online_softmax(const AttentionParams& p, const SequenceSpan& s, int64_
       }
       w.l[r] = w.l[r] * correction + sum;
       w.m[r] = m_new;
-      float* acc = w.acc + r * p.Dv;
-      for (int64_t d = 0; d < p.Dv; ++d) acc[d] *= correction;
       // Dropout acts on P·V only: l (and so lse) keeps every weight.
       if (p.dropout_p > 0.0f) {
         dropout_row(p, s, h, i0 + r, j0, nk, w.row);
         for (int64_t c = 0; c < nk; ++c) srow[c] *= w.row[c];
       }
-      // acc[r, :] += P[r, c] · V[c, :]
+      // tile = Σ_c P[r, c] · V[c, :] on its own, then acc = acc·correction + tile (blocked
+      // sums, as the SIMD kernel: a long key axis is not one running sum)
+      float* tile = w.row;  // free again after the dropout factors
+      std::fill_n(tile, p.Dv, 0.0f);
       for (int64_t c = 0; c < nk; ++c) {
         const float pc = srow[c];
         if (pc == 0.0f) continue;
         const float* vrow = w.v_tile + c * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) acc[d] += pc * vrow[d];
+        for (int64_t d = 0; d < p.Dv; ++d) tile[d] += pc * vrow[d];
       }
+      float* acc = w.acc + r * p.Dv;
+      for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * correction + tile[d];
     }
   }
 }

@@ -64,9 +64,9 @@ void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan
     bf16_scores_tile(p, s, hkv, j0, nk, w.q_pairs, t.rows_pad, w.k_pairs, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
-    rescale_output_t(t, w.corr, w.o);
     if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
-    // Oᵀ += Vᵀ Pᵀ over key pairs (a key past nk has P = 0 and a zero V row)
+    // Tᵀ = Vᵀ Pᵀ over key pairs (a key past nk has P = 0 and a zero V row), then
+    // Oᵀ = Oᵀ · corr + Tᵀ (merge_output_t)
     const int64_t nk2 = (nk + 1) / 2;
     const uint16_t* v_rows = reinterpret_cast<const uint16_t*>(w.v);
     int64_t v_stride = p.Dv;
@@ -82,17 +82,20 @@ void tiles_bf16(const AttentionParams& p, const TileShape& t, const SequenceSpan
     // goes to 0 in its pair and P · v into the rows whose P is not 0.
     const int64_t rows = p.group * n;
     const auto v_row = [&](int64_t c) { return reinterpret_cast<const bf16*>(v_rows + c * v_stride); };
-    if (tile_needs_value_guard<bf16>(w.s_t, rows, nk, 1, t.rows_pad, p.Dv, v_row))
+    const bool guard = tile_needs_value_guard<bf16>(w.s_t, rows, nk, 1, t.rows_pad, p.Dv, v_row);
+    if (guard) std::fill_n(w.o_tile, t.dv_vec * t.rows_pad, 0.0f);
+    if (guard)
       for (int64_t c = 0; c < nk; ++c)
         for (int64_t a = 0; a < p.Dv; ++a) {
           const float x = bf16_to_float(v_row(c)[a]);
           if (std::isfinite(x)) continue;
           for (int64_t r = 0; r < rows; ++r)
-            if (w.s_t[c * t.rows_pad + r] != 0.0f) w.o[a * t.rows_pad + r] += w.s_t[c * t.rows_pad + r] * x;
+            if (w.s_t[c * t.rows_pad + r] != 0.0f) w.o_tile[a * t.rows_pad + r] += w.s_t[c * t.rows_pad + r] * x;
           w.v_pairs[c / 2 * t.dv_vec + a] &= c % 2 == 0 ? 0xffff0000u : 0x0000ffffu;  // this key's half
         }
     bf16_pair_rows(w.s_t, t.rows_pad, nk2, t.rows_pad, w.p_pairs, t.rows_pad);
-    bf16_outer_product(w.p_pairs, t.rows_pad, w.v_pairs, 1, t.dv_vec, nk2, p.Dv, t.rows_pad, w.o, true);
+    bf16_outer_product(w.p_pairs, t.rows_pad, w.v_pairs, 1, t.dv_vec, nk2, p.Dv, t.rows_pad, w.o_tile, guard);
+    merge_output_t(t, w.corr, w.o_tile, w.o);
   }
 }
 
@@ -133,20 +136,22 @@ void tiles_f32(const AttentionParams& p, const TileShape& t, const SequenceSpan&
     scores_t(w.q_t, k_rows, k_stride, p.D, t, w.s_t);
     modify_scores(p, s, hkv, i0, n, j0, nk, t, w.s_t);
     online_softmax_columns(t, w.s_t, w.m, w.l, w.corr);
-    rescale_output_t(t, w.corr, w.o);
     // dropout acts on P·V only: l keeps every weight
     if (p.dropout_p > 0.0f) apply_dropout(p, s, hkv, i0, n, j0, nk, w.s_t, 1, t.rows_pad, w.row);
     if (p.keys_maskable) zero_unattended_rows(w.s_t, nk, t, w.v, t.dv_vec);
     // NaN and inf in V only reach the rows that weigh them (nonfinite_values-inl.hpp)
     const int64_t rows = p.group * n;
-    if (tile_needs_value_guard<float>(w.s_t, rows, nk, 1, t.rows_pad, p.Dv,
-                                      [&](int64_t c) { return v_rows + c * v_stride; })) {
+    const bool guard = tile_needs_value_guard<float>(w.s_t, rows, nk, 1, t.rows_pad, p.Dv,
+                                                     [&](int64_t c) { return v_rows + c * v_stride; });
+    if (guard) {
       if (v_in_place) pack_rows(p.v, s, hkv, j0, nk, p.Dv, t.dv_vec, w.v);
       v_rows = w.v, v_stride = t.dv_vec;
-      move_nonfinite_values(w.s_t, rows, nk, 1, t.rows_pad, w.v, t.dv_vec, p.Dv, w.o, 1, t.rows_pad);
+      std::fill_n(w.o_tile, t.dv_vec * t.rows_pad, 0.0f);
+      move_nonfinite_values(w.s_t, rows, nk, 1, t.rows_pad, w.v, t.dv_vec, p.Dv, w.o_tile, 1, t.rows_pad);
     }
-    // Oᵀ += Vᵀ Pᵀ
-    outer_product(w.s_t, t.rows_pad, v_rows, 1, v_stride, nk, p.Dv, t.rows_pad, w.o, true);
+    // Tᵀ = Vᵀ Pᵀ, then Oᵀ = Oᵀ · corr + Tᵀ (merge_output_t: blocked sums)
+    outer_product(w.s_t, t.rows_pad, v_rows, 1, v_stride, nk, p.Dv, t.rows_pad, w.o_tile, guard);
+    merge_output_t(t, w.corr, w.o_tile, w.o);
   }
 }
 

@@ -26,6 +26,7 @@ struct ForwardTiles {
   float* v;     // kTileK x dv_vec     V rows
   float* s_t;   // kTileK x rows_pad   Sᵀ, then Pᵀ (tiled) / S, then P (decode, row-major)
   float* o;     // dv_vec x rows_pad   Oᵀ (tiled) / rows x dv_vec O (decode)
+  float* o_tile;  // dv_vec x rows_pad  one key tile's Vᵀ Pᵀ (tiled: blocked sums)
   float* o_rows;  // 16 x dv_vec       rows of Oᵀ transposed back (finalize)
   float* m;     // rows_pad            running max
   float* l;     // rows_pad            running sum
@@ -48,6 +49,7 @@ ForwardTiles carve(const AttentionParams& p, const TileShape& t, ScratchCarver& 
   w.v = take(kTileK * t.dv_vec);
   w.s_t = take(kTileK * t.rows_pad);
   w.o = take(t.dv_vec * t.rows_pad);
+  w.o_tile = take(p.decode ? 0 : t.dv_vec * t.rows_pad);
   w.o_rows = take(16 * t.dv_vec);
   w.m = take(t.rows_pad);
   w.l = take(t.rows_pad);
