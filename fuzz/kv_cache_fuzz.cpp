@@ -16,31 +16,15 @@
 #include "multihead/error.hpp"
 #include "multihead/kv_cache.hpp"
 
+#include "fuzz_input.hpp"
+
 using namespace multihead;
 
 namespace {
 
-[[noreturn]] void fail(const char* what) {
-  std::fprintf(stderr, "kv_cache_fuzz: %s\n", what);
-  std::abort();
-}
+[[noreturn]] void fail(const char* what) { fuzz::fail("kv_cache_fuzz", what); }
 
-struct Bytes {
-  const uint8_t* p;
-  size_t n;
-  uint8_t next() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-  float next_float() {
-    uint32_t bits = 0;
-    for (int i = 0; i < 4; ++i) bits |= uint32_t(next()) << (8 * i);
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  }
-};
+using fuzz::Bytes;
 
 // Everything a failed call must leave as it was: the pool's bytes, and each id's length
 // and gathered contents.

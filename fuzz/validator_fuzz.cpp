@@ -39,38 +39,15 @@
 #include "kernels/kernels.hpp"
 #include "reference/attention_reference.hpp"
 
+#include "fuzz_input.hpp"
+
 using namespace multihead;
 
 namespace {
 
-[[noreturn]] void fail(const char* what) {
-  std::fprintf(stderr, "validator_fuzz: %s\n", what);
-  std::abort();
-}
+[[noreturn]] void fail(const char* what) { fuzz::fail("validator_fuzz", what); }
 
-struct Bytes {
-  const uint8_t* p;
-  size_t n;
-  uint8_t next() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-  uint16_t next16() { return uint16_t(next() | next() << 8); }
-  uint32_t next32() { return uint32_t(next16()) | uint32_t(next16()) << 16; }
-  uint64_t next64() { return uint64_t(next32()) | uint64_t(next32()) << 32; }
-  float next_float() {
-    const uint32_t bits = next32();
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  }
-  // One of the table's entries; byte 0 picks the first (inputs that run out stay valid).
-  template <class T, size_t N>
-  T pick(const T (&table)[N]) {
-    return table[next() % N];
-  }
-};
+using fuzz::Bytes;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
